@@ -1,0 +1,967 @@
+//! The sans-IO presence client: a state machine that owns no socket, no thread and no clock.
+//!
+//! A driver feeds it inputs (`handle_*` methods and the commands an application calls) and drains its outputs:
+//! [`Client::poll_transport`] (open or close the connection), [`Client::poll_transmit`] (text frames to send),
+//! [`Client::poll_event`] (events for the application) and [`Client::poll_timeout`] (when to call
+//! [`Client::handle_timeout`]). Time is always an argument. A timeout that fires early or twice is a no-op.
+//!
+//! The driver contract:
+//! - On [`TransportCommand::Open`], drop any current connection (reporting nothing more about it) and open a new
+//!   WebSocket offering [`SUBPROTOCOL`](crate::protocol::SUBPROTOCOL); report success with
+//!   [`Client::handle_transport_open`] and failure with [`Client::handle_transport_closed`].
+//! - On [`TransportCommand::Close`], send what [`Client::poll_transmit`] already returned, then close the
+//!   connection and report nothing more about it.
+//! - Report every inbound text frame with [`Client::handle_frame`], and any other inbound frame (binary, ping,
+//!   pong) with [`Client::handle_inbound_activity`]: every frame is a sign of life.
+//! - Report a connection that ends by itself with [`Client::handle_transport_closed`].
+//! - After every input, drain `poll_transmit` before `poll_transport`, then `poll_event`, and arm one timer for
+//!   `poll_timeout`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use crate::backoff::ReconnectPolicy;
+use crate::protocol::{
+    self, ClientInfo, ClientMessage, DecodeError, ErrorCode, MAX_FRAME_BYTES,
+    MAX_SUBSCRIPTIONS_PER_SESSION, MAX_USERS_PER_REQUEST, PROTOCOL_VERSION, Presence,
+    ServerInfo, ServerMessage, Status, ValidationError,
+};
+use crate::time::Instant;
+
+/// The shortest heartbeat interval the client accepts from a server, in milliseconds; smaller announced
+/// values are raised to it so that a broken server cannot make the client spin.
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Settings of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The credential sent in `hello`.
+    pub token: String,
+    /// Who is connecting, sent in `hello`.
+    pub client_info: ClientInfo,
+    /// Delays between connection attempts.
+    pub reconnect: ReconnectPolicy,
+    /// How long an attempt may take from opening the transport to `welcome`. Default 10 s.
+    pub connect_timeout: Duration,
+    /// How long past the heartbeat interval the client waits for any inbound frame before it declares the link
+    /// dead. Default 10 s.
+    pub liveness_grace: Duration,
+    /// After [`Client::reconnect_now`] while connected (a network-change hint), how long the client waits for
+    /// the answer to its probe ping before it declares the link dead. Default 5 s.
+    pub probe_timeout: Duration,
+    /// The largest inbound frame the client decodes, in bytes; larger frames are ignored and counted.
+    /// Default [`MAX_FRAME_BYTES`].
+    pub max_inbound_frame_bytes: usize,
+}
+
+impl ClientConfig {
+    /// Default settings with this token.
+    pub fn new(token: impl Into<String>) -> Self {
+        ClientConfig {
+            token: token.into(),
+            client_info: ClientInfo::default(),
+            reconnect: ReconnectPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            liveness_grace: Duration::from_secs(10),
+            probe_timeout: Duration::from_secs(5),
+            max_inbound_frame_bytes: MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// What the driver must do with the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportCommand {
+    /// Drop any current connection and open a new one.
+    Open,
+    /// Close the current connection (after sending what was already transmitted).
+    Close,
+}
+
+/// The connection's state, as shown to applications.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Not started: [`Client::connect`] has not been called.
+    Idle,
+    /// An attempt is under way (opening the transport or waiting for `welcome`).
+    Connecting {
+        /// The number of this attempt since the client was last connected (1 for the first).
+        attempt: u32,
+    },
+    /// A session is up.
+    Connected {
+        /// The server's id for this session.
+        session_id: String,
+    },
+    /// Waiting before the next attempt.
+    Reconnecting {
+        /// The number of the next attempt since the client was last connected.
+        attempt: u32,
+        /// When the next attempt starts, on the driver's clock.
+        retry_at: Instant,
+        /// How long the wait is, from the moment the connection was lost.
+        delay: Duration,
+        /// Why the previous connection or attempt ended.
+        reason: String,
+    },
+    /// Closed by the application.
+    Closed,
+    /// Stopped by a fatal error; no retry until the application connects again (e.g. with a new token).
+    Failed {
+        /// The error code.
+        code: ErrorCode,
+        /// For people.
+        message: String,
+    },
+}
+
+impl ConnectionState {
+    /// A short lowercase name of the state: `idle`, `connecting`, `connected`, `reconnecting`, `closed`,
+    /// `failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConnectionState::Idle => "idle",
+            ConnectionState::Connecting { .. } => "connecting",
+            ConnectionState::Connected { .. } => "connected",
+            ConnectionState::Reconnecting { .. } => "reconnecting",
+            ConnectionState::Closed => "closed",
+            ConnectionState::Failed { .. } => "failed",
+        }
+    }
+}
+
+impl fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionState::Connecting { attempt } => write!(f, "connecting (attempt {attempt})"),
+            ConnectionState::Connected { session_id } => write!(f, "connected ({session_id})"),
+            ConnectionState::Reconnecting {
+                attempt,
+                delay,
+                reason,
+                ..
+            } => write!(
+                f,
+                "reconnecting: attempt {attempt} in {} ms ({reason})",
+                delay.as_millis()
+            ),
+            ConnectionState::Failed { code, message } => write!(f, "failed: {code}: {message}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// Identifies a query started with [`Client::query`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueryId(pub u64);
+
+/// Why a query did not complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueryError {
+    /// The client is not connected; queries are not queued.
+    NotConnected,
+    /// The connection was lost or closed before the answer arrived.
+    Disconnected,
+    /// The request breaks the protocol's rules.
+    Invalid(ValidationError),
+    /// The server answered with an error.
+    Server {
+        /// The error code.
+        code: ErrorCode,
+        /// For people.
+        message: String,
+    },
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueryError::NotConnected => f.write_str("not connected"),
+            QueryError::Disconnected => f.write_str("connection lost before the answer arrived"),
+            QueryError::Invalid(e) => write!(f, "invalid query: {e}"),
+            QueryError::Server { code, message } => write!(f, "server error {code}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+/// Something the application may want to know.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The connection state changed.
+    StateChanged {
+        /// The state before.
+        previous: ConnectionState,
+        /// The state now.
+        current: ConnectionState,
+    },
+    /// A watched user's presence changed (or became known).
+    PresenceChanged {
+        /// Whose presence.
+        user_id: String,
+        /// What the client held before; `None` when the user was not known yet.
+        previous: Option<Presence>,
+        /// The new record.
+        current: Presence,
+    },
+    /// A query completed.
+    QueryCompleted {
+        /// Which query.
+        query_id: QueryId,
+        /// The records, one per distinct user, or why not.
+        result: Result<Vec<Presence>, QueryError>,
+    },
+    /// The server reported an error. Fatal errors also move the state to [`ConnectionState::Failed`].
+    ServerError {
+        /// The error code.
+        code: ErrorCode,
+        /// For people.
+        message: String,
+        /// Whether the error stopped the client.
+        fatal: bool,
+    },
+    /// Emitted by drivers, never by the core: a slow reader of an event stream missed this many events. The
+    /// roster ([`Client::roster`]) is still complete.
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+    },
+}
+
+/// Counters of what the client received and sent, for diagnostics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Text frames received while a connection was up.
+    pub frames_received: u64,
+    /// Text frames handed to the driver.
+    pub frames_sent: u64,
+    /// Frames that were not valid JSON or not a valid known message; ignored.
+    pub malformed_frames: u64,
+    /// Frames larger than the inbound limit; ignored.
+    pub oversized_frames: u64,
+    /// Messages of a type this version does not know; ignored.
+    pub unknown_frames: u64,
+    /// Binary or control frames; ignored but counted as signs of life.
+    pub other_frames: u64,
+    /// Presence records dropped because the client already held that version or a newer one.
+    pub stale_updates: u64,
+    /// Valid messages that made no sense in the current state (e.g. a second `welcome`); ignored.
+    pub unexpected_messages: u64,
+    /// Sessions established (welcomes accepted).
+    pub sessions: u64,
+}
+
+/// What the client knows about the current session, from `welcome`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The server's id for the session.
+    pub session_id: String,
+    /// The authenticated user.
+    pub user_id: String,
+    /// How often the client must send a frame.
+    pub heartbeat_interval: Duration,
+    /// How long the server keeps a silent session.
+    pub session_ttl: Duration,
+    /// The largest frame the server accepts, in bytes.
+    pub max_frame_bytes: usize,
+    /// The server software.
+    pub server: ServerInfo,
+    /// When the session began, on the driver's clock.
+    pub connected_at: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    Idle,
+    /// The transport was requested; `deadline` ends the attempt.
+    Opening { deadline: Instant },
+    /// The transport is open and `hello` sent; waiting for `welcome` until `deadline`.
+    Handshaking { deadline: Instant },
+    Connected,
+    /// Waiting to retry at `retry_at`.
+    Waiting { retry_at: Instant },
+    Closed,
+    Failed,
+}
+
+#[derive(Clone, Debug)]
+struct RosterEntry {
+    presence: Presence,
+    /// The session (counted by `Client::epoch`) in which this record was last confirmed by the server.
+    epoch: u64,
+}
+
+/// The sans-IO presence client. See the [module documentation](self) for the driver contract.
+pub struct Client {
+    config: ClientConfig,
+    rng: SmallRng,
+    link: Link,
+    state: ConnectionState,
+    session: Option<SessionInfo>,
+    /// Consecutive failures, for the backoff; reset once a connection has been stable.
+    failures: u32,
+    /// Attempts since the client was last connected, for display.
+    attempts_since_connected: u32,
+    epoch: u64,
+    last_sent: Instant,
+    last_received: Instant,
+    probe_deadline: Option<Instant>,
+    desired_status: Option<Status>,
+    status_dirty: bool,
+    subscriptions: BTreeSet<String>,
+    roster: BTreeMap<String, RosterEntry>,
+    pending_queries: BTreeMap<String, QueryId>,
+    next_query_id: u64,
+    transmit: VecDeque<String>,
+    transport: VecDeque<TransportCommand>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("state", &self.state)
+            .field("subscriptions", &self.subscriptions.len())
+            .field("roster", &self.roster.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client with these settings. `seed` seeds the backoff jitter: drivers pass a random value, tests a
+    /// fixed one for reproducible runs.
+    pub fn new(config: ClientConfig, seed: u64) -> Self {
+        Client {
+            config,
+            rng: SmallRng::seed_from_u64(seed),
+            link: Link::Idle,
+            state: ConnectionState::Idle,
+            session: None,
+            failures: 0,
+            attempts_since_connected: 0,
+            epoch: 0,
+            last_sent: Instant::ZERO,
+            last_received: Instant::ZERO,
+            probe_deadline: None,
+            desired_status: None,
+            status_dirty: false,
+            subscriptions: BTreeSet::new(),
+            roster: BTreeMap::new(),
+            pending_queries: BTreeMap::new(),
+            next_query_id: 1,
+            transmit: VecDeque::new(),
+            transport: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    // ----- application commands -----
+
+    /// Starts connecting (from idle, closed or failed); does nothing if already connecting or connected.
+    pub fn connect(&mut self, now: Instant) {
+        if matches!(self.link, Link::Idle | Link::Closed | Link::Failed) {
+            self.failures = 0;
+            self.attempts_since_connected = 0;
+            self.start_attempt(now);
+        }
+    }
+
+    /// Replaces the token used by the next `hello` (e.g. after [`ConnectionState::Failed`] with
+    /// `token_expired`). Call [`Client::connect`] afterwards to leave the failed state.
+    pub fn set_token(&mut self, token: impl Into<String>) {
+        self.config.token = token.into();
+    }
+
+    /// Ends the session (`bye` if connected), closes the transport and stops reconnecting.
+    pub fn close(&mut self, now: Instant) {
+        if matches!(self.link, Link::Closed) {
+            return;
+        }
+        if self.link == Link::Connected {
+            self.send(
+                ClientMessage::Bye {
+                    reason: Some("closed by the application".into()),
+                },
+                now,
+            );
+        }
+        if !matches!(self.link, Link::Idle | Link::Failed) {
+            self.transport.push_back(TransportCommand::Close);
+        }
+        self.link = Link::Closed;
+        self.end_session(QueryError::Disconnected);
+        self.set_state(ConnectionState::Closed);
+    }
+
+    /// Sets the user's own status. It is sent now if connected; otherwise it is remembered and sent once, in the
+    /// next `hello` (a status set several times while offline is sent once, as the latest value).
+    pub fn set_status(&mut self, status: Status, now: Instant) -> Result<(), ValidationError> {
+        let status = protocol::normalize_status(status);
+        protocol::validate_status(&status)?;
+        if self.desired_status.as_ref() == Some(&status) {
+            return Ok(());
+        }
+        self.desired_status = Some(status.clone());
+        if self.link == Link::Connected {
+            self.send(
+                ClientMessage::SetStatus {
+                    reference: None,
+                    status,
+                },
+                now,
+            );
+            self.status_dirty = false;
+        } else {
+            self.status_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// The status the application last set, if any (the server's view follows it).
+    pub fn desired_status(&self) -> Option<&Status> {
+        self.desired_status.as_ref()
+    }
+
+    /// Watches users. The watch list is kept across reconnects; users already watched are skipped.
+    pub fn subscribe<I, S>(&mut self, users: I, now: Instant) -> Result<(), ValidationError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut new = Vec::new();
+        let mut seen = BTreeSet::new();
+        for user in users {
+            let user = user.into();
+            protocol::validate_user_id(&user)?;
+            if !self.subscriptions.contains(&user) && seen.insert(user.clone()) {
+                new.push(user);
+            }
+        }
+        let count = self.subscriptions.len() + new.len();
+        if count > MAX_SUBSCRIPTIONS_PER_SESSION {
+            return Err(ValidationError::TooManySubscriptions { count });
+        }
+        self.subscriptions.extend(new.iter().cloned());
+        if self.link == Link::Connected && !new.is_empty() {
+            self.send_user_lists(new, |users| ClientMessage::Subscribe { users }, now);
+        }
+        Ok(())
+    }
+
+    /// Stops watching users and forgets what the client held about them. Unknown ids are ignored.
+    pub fn unsubscribe<I, S>(&mut self, users: I, now: Instant)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut removed = Vec::new();
+        for user in users {
+            if let Some(user) = self.subscriptions.take(user.as_ref()) {
+                self.roster.remove(&user);
+                removed.push(user);
+            }
+        }
+        if self.link == Link::Connected && !removed.is_empty() {
+            self.send_user_lists(removed, |users| ClientMessage::Unsubscribe { users }, now);
+        }
+    }
+
+    /// The users being watched.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
+        self.subscriptions.iter().map(String::as_str)
+    }
+
+    /// Reads users' presence once, without watching them. The answer comes as [`Event::QueryCompleted`].
+    /// Queries are not queued: the client must be connected.
+    pub fn query<S: AsRef<str>>(&mut self, users: &[S], now: Instant) -> Result<QueryId, QueryError> {
+        protocol::validate_user_list(users).map_err(QueryError::Invalid)?;
+        if self.link != Link::Connected {
+            return Err(QueryError::NotConnected);
+        }
+        let query_id = QueryId(self.next_query_id);
+        self.next_query_id += 1;
+        let reference = format!("q{}", query_id.0);
+        let message = ClientMessage::Query {
+            reference: reference.clone(),
+            users: users.iter().map(|u| u.as_ref().to_owned()).collect(),
+        };
+        let frame = message.encode();
+        if frame.len() > self.outbound_limit() {
+            return Err(QueryError::Invalid(ValidationError::TooManyUsers {
+                count: users.len(),
+            }));
+        }
+        self.pending_queries.insert(reference, query_id);
+        self.push_frame(frame, now);
+        Ok(query_id)
+    }
+
+    /// A hint that the network changed or the app came to the foreground. While waiting to reconnect, the next
+    /// attempt starts now. While connected, the client probes the link with a ping and declares it dead if
+    /// nothing arrives within [`ClientConfig::probe_timeout`].
+    pub fn reconnect_now(&mut self, now: Instant) {
+        match self.link {
+            Link::Waiting { .. } => self.start_attempt(now),
+            Link::Connected => {
+                if self.probe_deadline.is_none() {
+                    self.probe_deadline = Some(now + self.config.probe_timeout);
+                    self.send(ClientMessage::Ping { reference: None }, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ----- transport inputs -----
+
+    /// The transport requested by [`TransportCommand::Open`] is open: the client sends `hello`.
+    pub fn handle_transport_open(&mut self, now: Instant) {
+        if let Link::Opening { deadline } = self.link {
+            self.last_received = now;
+            let status = self.desired_status.clone();
+            self.status_dirty = false;
+            self.send(
+                ClientMessage::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    token: self.config.token.clone(),
+                    client: self.config.client_info.clone(),
+                    status,
+                },
+                now,
+            );
+            self.link = Link::Handshaking { deadline };
+        }
+    }
+
+    /// The transport failed to open or was closed by the other side or the network. `reason` is for people.
+    pub fn handle_transport_closed(&mut self, reason: &str, now: Instant) {
+        if matches!(
+            self.link,
+            Link::Opening { .. } | Link::Handshaking { .. } | Link::Connected
+        ) {
+            self.connection_lost(reason.to_owned(), Duration::ZERO, now);
+        }
+    }
+
+    /// An inbound text frame.
+    pub fn handle_frame(&mut self, text: &str, now: Instant) {
+        if !matches!(self.link, Link::Handshaking { .. } | Link::Connected) {
+            self.stats.unexpected_messages += 1;
+            return;
+        }
+        self.note_inbound(now);
+        self.stats.frames_received += 1;
+        match ServerMessage::decode(text, self.config.max_inbound_frame_bytes) {
+            Ok(message) => self.handle_message(message, now),
+            Err(DecodeError::TooLarge { size, limit }) => {
+                self.stats.oversized_frames += 1;
+                tracing::debug!(size, limit, "ignoring oversized frame");
+            }
+            Err(DecodeError::Malformed(why)) => {
+                self.stats.malformed_frames += 1;
+                tracing::debug!(%why, "ignoring malformed frame");
+            }
+        }
+    }
+
+    /// An inbound frame that is not text (binary, WebSocket ping or pong): ignored, but a sign of life.
+    pub fn handle_inbound_activity(&mut self, now: Instant) {
+        if matches!(self.link, Link::Handshaking { .. } | Link::Connected) {
+            self.note_inbound(now);
+            self.stats.other_frames += 1;
+        }
+    }
+
+    /// A timer armed from [`Client::poll_timeout`] fired. Calling it early, late or twice is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.link {
+            Link::Opening { deadline } | Link::Handshaking { deadline } if now >= deadline => {
+                let reason = format!(
+                    "no welcome within the connect timeout of {} ms",
+                    self.config.connect_timeout.as_millis()
+                );
+                self.connection_lost(reason, Duration::ZERO, now);
+            }
+            Link::Connected => {
+                let Some(interval) = self.session.as_ref().map(|s| s.heartbeat_interval) else {
+                    return;
+                };
+                if now >= self.liveness_deadline(interval) {
+                    let silent = now.saturating_duration_since(self.last_received);
+                    let reason = format!("no frame from the server for {} ms", silent.as_millis());
+                    self.connection_lost(reason, Duration::ZERO, now);
+                } else if now >= self.last_sent + interval {
+                    self.send(ClientMessage::Ping { reference: None }, now);
+                }
+            }
+            Link::Waiting { retry_at } if now >= retry_at => self.start_attempt(now),
+            _ => {}
+        }
+    }
+
+    // ----- outputs -----
+
+    /// The next text frame to send on the current transport.
+    pub fn poll_transmit(&mut self) -> Option<String> {
+        self.transmit.pop_front()
+    }
+
+    /// The next thing the driver must do with the transport.
+    pub fn poll_transport(&mut self) -> Option<TransportCommand> {
+        self.transport.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When the driver must call [`Client::handle_timeout`] next, if at all.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.link {
+            Link::Opening { deadline } | Link::Handshaking { deadline } => Some(deadline),
+            Link::Connected => {
+                let interval = self.session.as_ref()?.heartbeat_interval;
+                Some(self.liveness_deadline(interval).min(self.last_sent + interval))
+            }
+            Link::Waiting { retry_at } => Some(retry_at),
+            Link::Idle | Link::Closed | Link::Failed => None,
+        }
+    }
+
+    // ----- queries -----
+
+    /// The connection state.
+    pub fn state(&self) -> &ConnectionState {
+        &self.state
+    }
+
+    /// The current session, while connected.
+    pub fn session(&self) -> Option<&SessionInfo> {
+        self.session.as_ref()
+    }
+
+    /// Every watched user whose presence is known, in user id order. Records are kept (as last known) while the
+    /// client reconnects, and refreshed from the new session's snapshot.
+    pub fn roster(&self) -> impl Iterator<Item = &Presence> {
+        self.roster.values().map(|e| &e.presence)
+    }
+
+    /// The presence of one watched user, if known.
+    pub fn presence(&self, user_id: &str) -> Option<&Presence> {
+        self.roster.get(user_id).map(|e| &e.presence)
+    }
+
+    /// Counters of what was received and sent.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    // ----- internals -----
+
+    fn outbound_limit(&self) -> usize {
+        self.session
+            .as_ref()
+            .map_or(MAX_FRAME_BYTES, |s| s.max_frame_bytes)
+    }
+
+    fn liveness_deadline(&self, interval: Duration) -> Instant {
+        let silent_deadline = self.last_received + interval + self.config.liveness_grace;
+        self.probe_deadline
+            .map_or(silent_deadline, |probe| probe.min(silent_deadline))
+    }
+
+    fn note_inbound(&mut self, now: Instant) {
+        self.last_received = now;
+        self.probe_deadline = None;
+    }
+
+    fn set_state(&mut self, state: ConnectionState) {
+        if self.state != state {
+            let previous = std::mem::replace(&mut self.state, state.clone());
+            self.events.push_back(Event::StateChanged {
+                previous,
+                current: state,
+            });
+        }
+    }
+
+    fn send(&mut self, message: ClientMessage, now: Instant) {
+        self.push_frame(message.encode(), now);
+    }
+
+    fn push_frame(&mut self, frame: String, now: Instant) {
+        self.transmit.push_back(frame);
+        self.last_sent = now;
+        self.stats.frames_sent += 1;
+    }
+
+    /// Sends `users` in as many frames as the per-request and frame-size limits require.
+    fn send_user_lists(
+        &mut self,
+        users: Vec<String>,
+        make: impl Fn(Vec<String>) -> ClientMessage,
+        now: Instant,
+    ) {
+        // Room for `{"type":"unsubscribe","users":[]}` and some slack.
+        let budget = self.outbound_limit().saturating_sub(64);
+        let mut chunk = Vec::new();
+        let mut size = 0;
+        for user in users {
+            let encoded = serde_json::to_string(&user).map_or(user.len() * 6 + 2, |s| s.len()) + 1;
+            if !chunk.is_empty() && (chunk.len() == MAX_USERS_PER_REQUEST || size + encoded > budget) {
+                self.send(make(std::mem::take(&mut chunk)), now);
+                size = 0;
+            }
+            size += encoded;
+            chunk.push(user);
+        }
+        if !chunk.is_empty() {
+            self.send(make(chunk), now);
+        }
+    }
+
+    fn start_attempt(&mut self, now: Instant) {
+        self.attempts_since_connected += 1;
+        self.transmit.clear();
+        self.probe_deadline = None;
+        self.transport.push_back(TransportCommand::Open);
+        self.link = Link::Opening {
+            deadline: now + self.config.connect_timeout,
+        };
+        self.set_state(ConnectionState::Connecting {
+            attempt: self.attempts_since_connected,
+        });
+    }
+
+    fn end_session(&mut self, query_error: QueryError) {
+        self.session = None;
+        self.probe_deadline = None;
+        for (_, query_id) in std::mem::take(&mut self.pending_queries) {
+            self.events.push_back(Event::QueryCompleted {
+                query_id,
+                result: Err(query_error.clone()),
+            });
+        }
+    }
+
+    /// The connection or attempt ended; wait `extra_delay` plus a jittered backoff delay, then retry.
+    fn connection_lost(&mut self, reason: String, extra_delay: Duration, now: Instant) {
+        if self.link == Link::Connected {
+            let stable = self.session.as_ref().is_some_and(|s| {
+                now.saturating_duration_since(s.connected_at) >= self.config.reconnect.stable_after
+            });
+            if stable {
+                self.failures = 0;
+            }
+        }
+        tracing::debug!(%reason, "connection lost");
+        self.transport.push_back(TransportCommand::Close);
+        self.transmit.clear();
+        self.end_session(QueryError::Disconnected);
+        self.failures = self.failures.saturating_add(1);
+        let delay = extra_delay + self.config.reconnect.delay(self.failures, &mut self.rng);
+        let retry_at = now + delay;
+        self.link = Link::Waiting { retry_at };
+        self.set_state(ConnectionState::Reconnecting {
+            attempt: self.attempts_since_connected + 1,
+            retry_at,
+            delay,
+            reason,
+        });
+    }
+
+    fn fail(&mut self, code: ErrorCode, message: String) {
+        self.transport.push_back(TransportCommand::Close);
+        self.transmit.clear();
+        self.link = Link::Failed;
+        self.end_session(QueryError::Disconnected);
+        self.events.push_back(Event::ServerError {
+            code: code.clone(),
+            message: message.clone(),
+            fatal: true,
+        });
+        self.set_state(ConnectionState::Failed { code, message });
+    }
+
+    fn handle_message(&mut self, message: ServerMessage, now: Instant) {
+        let connected = self.link == Link::Connected;
+        match message {
+            ServerMessage::Welcome {
+                protocol,
+                session_id,
+                user_id,
+                heartbeat_interval_ms,
+                session_ttl_ms,
+                max_frame_bytes,
+                server,
+            } => {
+                if !matches!(self.link, Link::Handshaking { .. }) {
+                    self.stats.unexpected_messages += 1;
+                    return;
+                }
+                if protocol != PROTOCOL_VERSION {
+                    self.fail(
+                        ErrorCode::UnsupportedProtocol,
+                        format!("the server speaks protocol {protocol}; this client speaks {PROTOCOL_VERSION}"),
+                    );
+                    return;
+                }
+                self.welcome(
+                    SessionInfo {
+                        session_id,
+                        user_id,
+                        heartbeat_interval: Duration::from_millis(heartbeat_interval_ms)
+                            .max(MIN_HEARTBEAT_INTERVAL),
+                        session_ttl: Duration::from_millis(session_ttl_ms),
+                        max_frame_bytes: usize::try_from(max_frame_bytes)
+                            .unwrap_or(usize::MAX)
+                            .clamp(1_024, MAX_FRAME_BYTES),
+                        server,
+                        connected_at: now,
+                    },
+                    now,
+                );
+            }
+            ServerMessage::Snapshot { users } if connected => {
+                for record in users {
+                    self.apply(record);
+                }
+            }
+            ServerMessage::Presence { user } if connected => self.apply(user),
+            ServerMessage::QueryResult { reference, users } if connected => {
+                match self.pending_queries.remove(&reference) {
+                    Some(query_id) => self.events.push_back(Event::QueryCompleted {
+                        query_id,
+                        result: Ok(users),
+                    }),
+                    None => self.stats.unexpected_messages += 1,
+                }
+            }
+            ServerMessage::Pong { .. } if connected => {}
+            ServerMessage::Error {
+                code,
+                message,
+                fatal,
+                reference,
+            } => {
+                if fatal || code.is_fatal() {
+                    self.fail(code, message);
+                    return;
+                }
+                if let Some(query_id) = reference.and_then(|r| self.pending_queries.remove(&r)) {
+                    self.events.push_back(Event::QueryCompleted {
+                        query_id,
+                        result: Err(QueryError::Server {
+                            code: code.clone(),
+                            message: message.clone(),
+                        }),
+                    });
+                }
+                self.events.push_back(Event::ServerError {
+                    code,
+                    message,
+                    fatal: false,
+                });
+            }
+            ServerMessage::Goaway {
+                reconnect_after_ms,
+                reason,
+            } => {
+                // Draining is not a failure of this link: the backoff starts afresh.
+                self.failures = 0;
+                let reason = format!(
+                    "server going away: {}",
+                    reason.as_deref().unwrap_or("no reason given")
+                );
+                self.connection_lost(reason, Duration::from_millis(reconnect_after_ms), now);
+            }
+            ServerMessage::Unknown => self.stats.unknown_frames += 1,
+            ServerMessage::Snapshot { .. }
+            | ServerMessage::Presence { .. }
+            | ServerMessage::QueryResult { .. }
+            | ServerMessage::Pong { .. } => self.stats.unexpected_messages += 1,
+        }
+    }
+
+    fn welcome(&mut self, session: SessionInfo, now: Instant) {
+        let session_id = session.session_id.clone();
+        self.session = Some(session);
+        self.epoch += 1;
+        self.stats.sessions += 1;
+        self.attempts_since_connected = 0;
+        self.link = Link::Connected;
+        self.set_state(ConnectionState::Connected { session_id });
+        if self.status_dirty {
+            // Set during the handshake, after hello had gone out.
+            if let Some(status) = self.desired_status.clone() {
+                self.send(
+                    ClientMessage::SetStatus {
+                        reference: None,
+                        status,
+                    },
+                    now,
+                );
+            }
+            self.status_dirty = false;
+        }
+        if !self.subscriptions.is_empty() {
+            let users: Vec<String> = self.subscriptions.iter().cloned().collect();
+            self.send_user_lists(users, |users| ClientMessage::Subscribe { users }, now);
+        }
+    }
+
+    fn apply(&mut self, record: Presence) {
+        if !self.subscriptions.contains(&record.user_id) {
+            // An answer to a subscription the application has since dropped.
+            self.stats.unexpected_messages += 1;
+            return;
+        }
+        let epoch = self.epoch;
+        match self.roster.get_mut(&record.user_id) {
+            Some(entry) if entry.epoch == epoch && record.version <= entry.presence.version => {
+                self.stats.stale_updates += 1;
+            }
+            Some(entry) => {
+                // Same session and newer, or the first record of a new session (which replaces what was held).
+                entry.epoch = epoch;
+                if entry.presence.same_content(&record) {
+                    entry.presence.version = record.version;
+                } else {
+                    let previous = std::mem::replace(&mut entry.presence, record.clone());
+                    self.events.push_back(Event::PresenceChanged {
+                        user_id: record.user_id.clone(),
+                        previous: Some(previous),
+                        current: record,
+                    });
+                }
+            }
+            None => {
+                self.roster.insert(
+                    record.user_id.clone(),
+                    RosterEntry {
+                        presence: record.clone(),
+                        epoch,
+                    },
+                );
+                self.events.push_back(Event::PresenceChanged {
+                    user_id: record.user_id.clone(),
+                    previous: None,
+                    current: record,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! # presently-core
+//!
+//! The sans-IO heart of Presently: protocol v1 types ([`protocol`]) and the presence client state machine
+//! ([`Client`]). It performs no I/O, starts no thread and reads no clock: time comes in as an [`Instant`]
+//! argument and everything the client wants done comes out of `poll_*` methods. This is what lets the same
+//! logic run under tokio, in a browser and behind a C ABI, and be tested on virtual time.
+//!
+//! ```
+//! use presently_core::{Client, ClientConfig, Instant, TransportCommand};
+//!
+//! let mut client = Client::new(ClientConfig::new("token"), 42);
+//! client.connect(Instant::ZERO);
+//! assert_eq!(client.poll_transport(), Some(TransportCommand::Open));
+//! client.handle_transport_open(Instant::from_millis(20));
+//! let hello = client.poll_transmit().unwrap();
+//! assert!(hello.contains(r#""type":"hello""#));
+//! ```
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod client;
+pub mod protocol;
+pub mod time;
+
+pub use backoff::ReconnectPolicy;
+pub use client::{
+    Client, ClientConfig, ConnectionState, Event, QueryError, QueryId, SessionInfo, Stats,
+    TransportCommand,
+};
+pub use protocol::{
+    Activity, Availability, ClientInfo, ErrorCode, Presence, ServerInfo, Status, ValidationError,
+};
+pub use time::Instant;

@@ -1,0 +1,940 @@
+//! Presently protocol v1: the messages of `docs/protocol.md` as Rust types, their JSON encoding and the
+//! validation rules both sides apply.
+//!
+//! Decoding follows the forward-compatibility rules of the protocol: unknown fields are ignored and an unknown
+//! `type` decodes to the `Unknown` variant instead of failing.
+
+use core::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The protocol version this crate speaks, sent in `hello.protocol` and `welcome.protocol`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The WebSocket subprotocol a client offers and a server selects.
+pub const SUBPROTOCOL: &str = "presently.v1";
+/// The largest message, in bytes of UTF-8, that either side may send.
+pub const MAX_FRAME_BYTES: usize = 65_536;
+/// The longest user id, in bytes of UTF-8.
+pub const MAX_USER_ID_BYTES: usize = 128;
+/// The longest custom status message, in Unicode scalar values (code points).
+pub const MAX_MESSAGE_CHARS: usize = 200;
+/// The longest activity kind, in bytes (`[a-z0-9_]`).
+pub const MAX_ACTIVITY_KIND_BYTES: usize = 32;
+/// The longest activity detail, in Unicode scalar values (code points).
+pub const MAX_ACTIVITY_DETAIL_CHARS: usize = 100;
+/// The most users one `subscribe`, `unsubscribe` or `query` may list.
+pub const MAX_USERS_PER_REQUEST: usize = 1_000;
+/// The most users one session may watch.
+pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 10_000;
+/// The longest `ref`, in bytes.
+pub const MAX_REF_BYTES: usize = 64;
+/// The longest `client.name`, `client.version` or `client.platform`, in bytes.
+pub const MAX_CLIENT_INFO_BYTES: usize = 64;
+
+/// What watchers should show for a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Availability {
+    /// Connected and available. A v1 receiver also decodes availabilities it does not know as `Online`.
+    Online,
+    /// Connected but away (idle, or set away by hand).
+    Away,
+    /// Connected and not to be disturbed.
+    Busy,
+    /// No session: not connected.
+    Offline,
+}
+
+impl Availability {
+    /// The wire name: `"online"`, `"away"`, `"busy"` or `"offline"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Online => "online",
+            Availability::Away => "away",
+            Availability::Busy => "busy",
+            Availability::Offline => "offline",
+        }
+    }
+}
+
+impl Serialize for Availability {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Availability {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(match name.as_ref() {
+            "away" => Availability::Away,
+            "busy" => Availability::Busy,
+            "offline" => Availability::Offline,
+            // "online", and values a later protocol version may add (section 3).
+            _ => Availability::Online,
+        })
+    }
+}
+
+impl fmt::Display for Availability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a user is doing, e.g. kind `in_studio` with detail `"Ableton Live 12"`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Activity {
+    /// A short machine-readable kind from `[a-z0-9_]`, at most [`MAX_ACTIVITY_KIND_BYTES`] bytes.
+    pub kind: String,
+    /// Free text for people, at most [`MAX_ACTIVITY_DETAIL_CHARS`] code points.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+impl Activity {
+    /// An activity of `kind` with a human-readable `detail`.
+    pub fn new(kind: impl Into<String>, detail: impl Into<String>) -> Self {
+        Activity {
+            kind: kind.into(),
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// The status a user sets for themselves: availability, custom message and activity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Status {
+    /// `Online`, `Away` or `Busy` (`Offline` is not something a client sets).
+    pub availability: Availability,
+    /// Custom message, at most [`MAX_MESSAGE_CHARS`] code points; `None` for no message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What the user is doing; `None` for nothing in particular.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
+}
+
+impl Status {
+    /// A status with this availability, no message and no activity.
+    pub fn new(availability: Availability) -> Self {
+        Status {
+            availability,
+            message: None,
+            activity: None,
+        }
+    }
+
+    /// The same status with a custom message.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+
+    /// The same status with an activity.
+    pub fn with_activity(mut self, activity: Activity) -> Self {
+        self.activity = Some(activity);
+        self
+    }
+}
+
+impl Default for Status {
+    /// `Online`, no message, no activity: what a session has unless it says otherwise.
+    fn default() -> Self {
+        Status::new(Availability::Online)
+    }
+}
+
+/// A user's presence as the server describes it (protocol section 3).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Presence {
+    /// Whose presence this is.
+    pub user_id: String,
+    /// What watchers should show.
+    pub availability: Availability,
+    /// Custom status message.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// What the user is doing.
+    #[serde(default)]
+    pub activity: Option<Activity>,
+    /// The last time the user was known to be active, Unix time in milliseconds.
+    #[serde(default)]
+    pub last_active_at: Option<u64>,
+    /// When the current availability began, Unix time in milliseconds.
+    #[serde(default)]
+    pub since: Option<u64>,
+    /// Per-user version, strictly increasing with every change of this record.
+    pub version: u64,
+}
+
+impl Presence {
+    /// The record of a user the server has never seen: offline, everything else empty, version 0.
+    pub fn unknown(user_id: impl Into<String>) -> Self {
+        Presence {
+            user_id: user_id.into(),
+            availability: Availability::Offline,
+            message: None,
+            activity: None,
+            last_active_at: None,
+            since: None,
+            version: 0,
+        }
+    }
+
+    /// True when everything but the version is equal: a real change for an application is one where this is
+    /// false.
+    pub fn same_content(&self, other: &Presence) -> bool {
+        self.user_id == other.user_id
+            && self.availability == other.availability
+            && self.message == other.message
+            && self.activity == other.activity
+            && self.last_active_at == other.last_active_at
+            && self.since == other.since
+    }
+}
+
+/// Name, version and platform of the application, sent in `hello` for logs and support.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// Application name, e.g. `"Sidechain"`.
+    pub name: String,
+    /// Application version, e.g. `"2.3.0"`.
+    pub version: String,
+    /// Platform, e.g. `"vst3-macos"`, `"ios"`, `"web"`.
+    pub platform: String,
+}
+
+impl ClientInfo {
+    /// Client info from its three parts.
+    pub fn new(
+        name: impl Into<String>,
+        version: impl Into<String>,
+        platform: impl Into<String>,
+    ) -> Self {
+        ClientInfo {
+            name: name.into(),
+            version: version.into(),
+            platform: platform.into(),
+        }
+    }
+}
+
+impl Default for ClientInfo {
+    /// `presently-rust`, this crate's version, and the compile target's OS.
+    fn default() -> Self {
+        ClientInfo::new("presently-rust", env!("CARGO_PKG_VERSION"), std::env::consts::OS)
+    }
+}
+
+/// Name and version of the server software, from `welcome`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Server software name.
+    pub name: String,
+    /// Server software version.
+    pub version: String,
+}
+
+/// An error code from the server (protocol section 7, `error`). Codes this crate does not know are kept in
+/// [`ErrorCode::Other`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Fatal: the token is missing, malformed or not accepted.
+    InvalidToken,
+    /// Fatal: the token's validity has ended.
+    TokenExpired,
+    /// Fatal: the protocol version is not spoken by the other side.
+    UnsupportedProtocol,
+    /// Fatal: the first frame was not `hello`.
+    HelloRequired,
+    /// No `hello` within the server's hello timeout.
+    HelloTimeout,
+    /// A malformed message.
+    InvalidMessage,
+    /// `set_status` or `hello.status` failed validation.
+    InvalidStatus,
+    /// A user id broke the rules.
+    InvalidUserId,
+    /// Too many users in one request.
+    TooManyUsers,
+    /// The session would watch too many users.
+    TooManySubscriptions,
+    /// A message larger than the frame limit.
+    FrameTooLarge,
+    /// The client did not read fast enough.
+    SlowConsumer,
+    /// The session's TTL ran out.
+    SessionExpired,
+    /// An internal failure on the server.
+    ServerError,
+    /// A code this version does not know.
+    Other(String),
+}
+
+impl ErrorCode {
+    /// The wire name of the code, e.g. `"invalid_token"`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::UnsupportedProtocol => "unsupported_protocol",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::HelloTimeout => "hello_timeout",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::InvalidStatus => "invalid_status",
+            ErrorCode::InvalidUserId => "invalid_user_id",
+            ErrorCode::TooManyUsers => "too_many_users",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::SessionExpired => "session_expired",
+            ErrorCode::ServerError => "server_error",
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    /// The code for a wire name; unknown names become [`ErrorCode::Other`].
+    pub fn from_wire(code: &str) -> Self {
+        match code {
+            "invalid_token" => ErrorCode::InvalidToken,
+            "token_expired" => ErrorCode::TokenExpired,
+            "unsupported_protocol" => ErrorCode::UnsupportedProtocol,
+            "hello_required" => ErrorCode::HelloRequired,
+            "hello_timeout" => ErrorCode::HelloTimeout,
+            "invalid_message" => ErrorCode::InvalidMessage,
+            "invalid_status" => ErrorCode::InvalidStatus,
+            "invalid_user_id" => ErrorCode::InvalidUserId,
+            "too_many_users" => ErrorCode::TooManyUsers,
+            "too_many_subscriptions" => ErrorCode::TooManySubscriptions,
+            "frame_too_large" => ErrorCode::FrameTooLarge,
+            "slow_consumer" => ErrorCode::SlowConsumer,
+            "session_expired" => ErrorCode::SessionExpired,
+            "server_error" => ErrorCode::ServerError,
+            other => ErrorCode::Other(other.to_owned()),
+        }
+    }
+
+    /// Whether the protocol defines this code as fatal (the client must not reconnect by itself).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            ErrorCode::InvalidToken
+                | ErrorCode::TokenExpired
+                | ErrorCode::UnsupportedProtocol
+                | ErrorCode::HelloRequired
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(ErrorCode::from_wire(&code))
+    }
+}
+
+/// A message from client to server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// The first frame: credentials, client info and the session's initial status.
+    Hello {
+        /// Protocol version, [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The credential.
+        token: String,
+        /// Who is connecting.
+        client: ClientInfo,
+        /// The initial status; absent means online.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<Status>,
+    },
+    /// Replace the user's own status.
+    SetStatus {
+        /// Correlates an `error` with this request.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// The new status.
+        #[serde(flatten)]
+        status: Status,
+    },
+    /// Watch users: the server answers with a snapshot, then updates.
+    Subscribe {
+        /// Users to watch.
+        users: Vec<String>,
+    },
+    /// Stop watching users.
+    Unsubscribe {
+        /// Users to stop watching.
+        users: Vec<String>,
+    },
+    /// Read users' presence once.
+    Query {
+        /// Correlates the `query_result`.
+        #[serde(rename = "ref")]
+        reference: String,
+        /// Users to read.
+        users: Vec<String>,
+    },
+    /// Heartbeat; answered by `pong`.
+    Ping {
+        /// Echoed in the `pong`.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// End the session now.
+    Bye {
+        /// Why, for logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A message type this version does not know (forward compatibility): ignored.
+    #[serde(other, skip_serializing)]
+    Unknown,
+}
+
+/// A message from server to client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The answer to a valid `hello`.
+    Welcome {
+        /// Protocol version, [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// Opaque session id.
+        session_id: String,
+        /// The authenticated user.
+        user_id: String,
+        /// The client must send a frame at least this often, in milliseconds.
+        heartbeat_interval_ms: u64,
+        /// The server ends the session after this long without a frame from the client, in milliseconds.
+        session_ttl_ms: u64,
+        /// The largest message the server accepts, in bytes.
+        max_frame_bytes: u64,
+        /// Server software.
+        server: ServerInfo,
+    },
+    /// Full records of users listed in a `subscribe`.
+    Snapshot {
+        /// One record per user.
+        users: Vec<Presence>,
+    },
+    /// A watched user's record changed.
+    Presence {
+        /// The new record.
+        user: Presence,
+    },
+    /// The answer to a `query`.
+    QueryResult {
+        /// The query's `ref`.
+        #[serde(rename = "ref")]
+        reference: String,
+        /// One record per distinct listed user.
+        users: Vec<Presence>,
+    },
+    /// The answer to a `ping`.
+    Pong {
+        /// The ping's `ref`.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// The server's clock, Unix time in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_time_ms: Option<u64>,
+    },
+    /// Something went wrong.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+        /// For people.
+        message: String,
+        /// When true the server closes and the client must not reconnect by itself.
+        #[serde(default)]
+        fatal: bool,
+        /// The request this error is about, if any.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// The server is draining: reconnect later.
+    Goaway {
+        /// Do not reconnect before this many milliseconds.
+        reconnect_after_ms: u64,
+        /// Why, for logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A message type this version does not know (forward compatibility): ignored.
+    #[serde(other, skip_serializing)]
+    Unknown,
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The frame is larger than the limit in force.
+    TooLarge {
+        /// The frame's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Not JSON, or a known message type with missing or mistyped fields.
+    Malformed(String),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLarge { size, limit } => {
+                write!(f, "frame of {size} bytes is larger than the limit of {limit} bytes")
+            }
+            DecodeError::Malformed(why) => write!(f, "malformed message: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn decode<T: for<'de> Deserialize<'de>>(text: &str, limit: usize) -> Result<T, DecodeError> {
+    if text.len() > limit {
+        return Err(DecodeError::TooLarge {
+            size: text.len(),
+            limit,
+        });
+    }
+    serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+impl ClientMessage {
+    /// Decodes a client frame no larger than `limit` bytes.
+    pub fn decode(text: &str, limit: usize) -> Result<Self, DecodeError> {
+        decode(text, limit)
+    }
+
+    /// Encodes the message as a JSON text frame.
+    pub fn encode(&self) -> String {
+        encode(self)
+    }
+}
+
+impl ServerMessage {
+    /// Decodes a server frame no larger than `limit` bytes.
+    pub fn decode(text: &str, limit: usize) -> Result<Self, DecodeError> {
+        decode(text, limit)
+    }
+
+    /// Encodes the message as a JSON text frame.
+    pub fn encode(&self) -> String {
+        encode(self)
+    }
+}
+
+fn encode<T: Serialize>(message: &T) -> String {
+    // Serializing these types cannot fail: every map key is a string and no custom Serialize impl errors.
+    serde_json::to_string(message).unwrap_or_else(|_| String::from("{\"type\":\"invalid\"}"))
+}
+
+/// Why a value breaks the protocol's rules (section 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValidationError {
+    /// A user id that is empty, too long or holds control characters.
+    InvalidUserId {
+        /// The offending id, shortened for display.
+        user_id: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// `Offline` was given as a status to set.
+    OfflineNotSettable,
+    /// The custom message is too long, in code points.
+    MessageTooLong {
+        /// Its length in code points.
+        chars: usize,
+    },
+    /// The custom message holds control characters.
+    MessageHasControlCharacters,
+    /// The activity kind is empty, too long or not `[a-z0-9_]`.
+    InvalidActivityKind(String),
+    /// The activity detail is too long or holds control characters.
+    InvalidActivityDetail(&'static str),
+    /// More users in one request than allowed.
+    TooManyUsers {
+        /// How many were listed.
+        count: usize,
+    },
+    /// The watch list would exceed the per-session limit.
+    TooManySubscriptions {
+        /// How many users would be watched.
+        count: usize,
+    },
+    /// A client info field is too long.
+    ClientInfoTooLong(&'static str),
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValidationError::InvalidUserId { user_id, reason } => {
+                write!(f, "invalid user id {user_id:?}: {reason}")
+            }
+            ValidationError::OfflineNotSettable => write!(
+                f,
+                "availability \"offline\" cannot be set: it follows from having no session"
+            ),
+            ValidationError::MessageTooLong { chars } => write!(
+                f,
+                "message is {chars} characters long; the limit is {MAX_MESSAGE_CHARS} characters (Unicode code points)"
+            ),
+            ValidationError::MessageHasControlCharacters => {
+                write!(f, "message holds control characters")
+            }
+            ValidationError::InvalidActivityKind(kind) => write!(
+                f,
+                "activity kind {kind:?} must be 1 to {MAX_ACTIVITY_KIND_BYTES} characters from [a-z0-9_]"
+            ),
+            ValidationError::InvalidActivityDetail(reason) => {
+                write!(f, "activity detail {reason}")
+            }
+            ValidationError::TooManyUsers { count } => write!(
+                f,
+                "{count} users in one request; the limit is {MAX_USERS_PER_REQUEST}"
+            ),
+            ValidationError::TooManySubscriptions { count } => write!(
+                f,
+                "watching {count} users would exceed the limit of {MAX_SUBSCRIPTIONS_PER_SESSION} per session"
+            ),
+            ValidationError::ClientInfoTooLong(field) => {
+                write!(f, "client {field} is longer than {MAX_CLIENT_INFO_BYTES} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+fn is_control(c: char) -> bool {
+    c.is_control()
+}
+
+fn shorten(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// Checks a user id against section 2: 1 to [`MAX_USER_ID_BYTES`] bytes, no control characters.
+pub fn validate_user_id(user_id: &str) -> Result<(), ValidationError> {
+    let reason = if user_id.is_empty() {
+        "it is empty"
+    } else if user_id.len() > MAX_USER_ID_BYTES {
+        "it is longer than 128 bytes"
+    } else if user_id.chars().any(is_control) {
+        "it holds control characters"
+    } else {
+        return Ok(());
+    };
+    Err(ValidationError::InvalidUserId {
+        user_id: shorten(user_id),
+        reason,
+    })
+}
+
+/// Checks a list of user ids for one request: at most [`MAX_USERS_PER_REQUEST`], each valid.
+pub fn validate_user_list<S: AsRef<str>>(users: &[S]) -> Result<(), ValidationError> {
+    if users.len() > MAX_USERS_PER_REQUEST {
+        return Err(ValidationError::TooManyUsers { count: users.len() });
+    }
+    users.iter().try_for_each(|u| validate_user_id(u.as_ref()))
+}
+
+/// Checks a status to set against section 2 and section 7 (`set_status`).
+pub fn validate_status(status: &Status) -> Result<(), ValidationError> {
+    if status.availability == Availability::Offline {
+        return Err(ValidationError::OfflineNotSettable);
+    }
+    if let Some(message) = &status.message {
+        let chars = message.chars().count();
+        if chars > MAX_MESSAGE_CHARS {
+            return Err(ValidationError::MessageTooLong { chars });
+        }
+        if message.chars().any(is_control) {
+            return Err(ValidationError::MessageHasControlCharacters);
+        }
+    }
+    if let Some(activity) = &status.activity {
+        let kind = &activity.kind;
+        if kind.is_empty()
+            || kind.len() > MAX_ACTIVITY_KIND_BYTES
+            || !kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(ValidationError::InvalidActivityKind(shorten(kind)));
+        }
+        if let Some(detail) = &activity.detail {
+            if detail.chars().count() > MAX_ACTIVITY_DETAIL_CHARS {
+                return Err(ValidationError::InvalidActivityDetail(
+                    "is longer than 100 characters (Unicode code points)",
+                ));
+            }
+            if detail.chars().any(is_control) {
+                return Err(ValidationError::InvalidActivityDetail(
+                    "holds control characters",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks client info: each field at most [`MAX_CLIENT_INFO_BYTES`] bytes.
+pub fn validate_client_info(info: &ClientInfo) -> Result<(), ValidationError> {
+    for (field, value) in [
+        ("name", &info.name),
+        ("version", &info.version),
+        ("platform", &info.platform),
+    ] {
+        if value.len() > MAX_CLIENT_INFO_BYTES {
+            return Err(ValidationError::ClientInfoTooLong(field));
+        }
+    }
+    Ok(())
+}
+
+/// Normalises a status before it is stored or sent: an empty message or detail means none.
+pub fn normalize_status(mut status: Status) -> Status {
+    if status.message.as_deref() == Some("") {
+        status.message = None;
+    }
+    if let Some(activity) = &mut status.activity {
+        if activity.detail.as_deref() == Some("") {
+            activity.detail = None;
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(user: &str, availability: Availability, version: u64) -> Presence {
+        Presence {
+            availability,
+            version,
+            ..Presence::unknown(user)
+        }
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        let messages = vec![
+            ClientMessage::Hello {
+                protocol: 1,
+                token: "t".into(),
+                client: ClientInfo::new("n", "1", "linux"),
+                status: Some(
+                    Status::new(Availability::Busy)
+                        .with_message("Mixing")
+                        .with_activity(Activity::new("in_studio", "Ableton Live 12")),
+                ),
+            },
+            ClientMessage::SetStatus {
+                reference: Some("s1".into()),
+                status: Status::new(Availability::Away),
+            },
+            ClientMessage::Subscribe {
+                users: vec!["bob".into()],
+            },
+            ClientMessage::Unsubscribe {
+                users: vec!["bob".into()],
+            },
+            ClientMessage::Query {
+                reference: "q".into(),
+                users: vec!["a".into(), "b".into()],
+            },
+            ClientMessage::Ping { reference: None },
+            ClientMessage::Bye { reason: None },
+        ];
+        for m in messages {
+            let text = m.encode();
+            assert_eq!(ClientMessage::decode(&text, MAX_FRAME_BYTES), Ok(m), "{text}");
+        }
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let messages = vec![
+            ServerMessage::Welcome {
+                protocol: 1,
+                session_id: "s".into(),
+                user_id: "alice".into(),
+                heartbeat_interval_ms: 15_000,
+                session_ttl_ms: 45_000,
+                max_frame_bytes: 65_536,
+                server: ServerInfo {
+                    name: "x".into(),
+                    version: "1".into(),
+                },
+            },
+            ServerMessage::Snapshot {
+                users: vec![record("bob", Availability::Online, 3)],
+            },
+            ServerMessage::Presence {
+                user: record("bob", Availability::Busy, 4),
+            },
+            ServerMessage::QueryResult {
+                reference: "q".into(),
+                users: vec![Presence::unknown("dave")],
+            },
+            ServerMessage::Pong {
+                reference: Some("p".into()),
+                server_time_ms: Some(5),
+            },
+            ServerMessage::Error {
+                code: ErrorCode::InvalidToken,
+                message: "no".into(),
+                fatal: true,
+                reference: None,
+            },
+            ServerMessage::Goaway {
+                reconnect_after_ms: 1000,
+                reason: Some("bye".into()),
+            },
+        ];
+        for m in messages {
+            let text = m.encode();
+            assert_eq!(ServerMessage::decode(&text, MAX_FRAME_BYTES), Ok(m), "{text}");
+        }
+    }
+
+    #[test]
+    fn wire_shapes_match_the_spec() {
+        let set = ClientMessage::SetStatus {
+            reference: None,
+            status: Status::new(Availability::Busy).with_message("m"),
+        };
+        assert_eq!(
+            set.encode(),
+            r#"{"type":"set_status","availability":"busy","message":"m"}"#
+        );
+        let presence = ServerMessage::Presence {
+            user: Presence::unknown("dave"),
+        };
+        assert_eq!(
+            presence.encode(),
+            r#"{"type":"presence","user":{"user_id":"dave","availability":"offline","message":null,"activity":null,"last_active_at":null,"since":null,"version":0}}"#
+        );
+    }
+
+    #[test]
+    fn unknown_types_fields_and_values_are_tolerated() {
+        assert_eq!(
+            ServerMessage::decode(r#"{"type":"telemetry","x":1}"#, MAX_FRAME_BYTES),
+            Ok(ServerMessage::Unknown)
+        );
+        assert_eq!(
+            ClientMessage::decode(r#"{"type":"future_thing"}"#, MAX_FRAME_BYTES),
+            Ok(ClientMessage::Unknown)
+        );
+        let m = ServerMessage::decode(
+            r#"{"type":"presence","extra":true,"user":{"user_id":"b","availability":"streaming","version":7,"new_field":[1]}}"#,
+            MAX_FRAME_BYTES,
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            ServerMessage::Presence {
+                user: record("b", Availability::Online, 7)
+            }
+        );
+        let e = ServerMessage::decode(
+            r#"{"type":"error","code":"brand_new","message":"m"}"#,
+            MAX_FRAME_BYTES,
+        )
+        .unwrap();
+        assert_eq!(
+            e,
+            ServerMessage::Error {
+                code: ErrorCode::Other("brand_new".into()),
+                message: "m".into(),
+                fatal: false,
+                reference: None
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_and_oversized_frames_are_errors() {
+        assert!(matches!(
+            ServerMessage::decode("not json", MAX_FRAME_BYTES),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            ServerMessage::decode(r#"{"no_type":1}"#, MAX_FRAME_BYTES),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            ServerMessage::decode(r#"{"type":"presence","user":5}"#, MAX_FRAME_BYTES),
+            Err(DecodeError::Malformed(_))
+        ));
+        let big = format!(r#"{{"type":"pong","pad":"{}"}}"#, "x".repeat(100));
+        assert_eq!(
+            ServerMessage::decode(&big, 50),
+            Err(DecodeError::TooLarge {
+                size: big.len(),
+                limit: 50
+            })
+        );
+    }
+
+    #[test]
+    fn validation_rules() {
+        assert!(validate_user_id("alice").is_ok());
+        assert!(validate_user_id("").is_err());
+        assert!(validate_user_id(&"a".repeat(129)).is_err());
+        assert!(validate_user_id("a\nb").is_err());
+        assert!(validate_user_list(&vec!["u"; 1_001]).is_err());
+
+        let ok = Status::new(Availability::Busy)
+            .with_message("é".repeat(200))
+            .with_activity(Activity::new("in_studio", "Ableton Live 12"));
+        assert_eq!(validate_status(&ok), Ok(()));
+        let long = Status::new(Availability::Busy).with_message("é".repeat(201));
+        assert_eq!(
+            validate_status(&long),
+            Err(ValidationError::MessageTooLong { chars: 201 })
+        );
+        assert_eq!(
+            validate_status(&Status::new(Availability::Offline)),
+            Err(ValidationError::OfflineNotSettable)
+        );
+        let bad_kind = Status::new(Availability::Online).with_activity(Activity::new("In Studio", ""));
+        assert!(validate_status(&bad_kind).is_err());
+        let ctrl = Status::new(Availability::Online).with_message("a\u{0007}");
+        assert_eq!(
+            validate_status(&ctrl),
+            Err(ValidationError::MessageHasControlCharacters)
+        );
+        assert!(
+            ValidationError::MessageTooLong { chars: 201 }
+                .to_string()
+                .contains("200 characters")
+        );
+    }
+
+    #[test]
+    fn empty_message_means_none() {
+        let s = normalize_status(Status::new(Availability::Online).with_message(""));
+        assert_eq!(s.message, None);
+    }
+}

@@ -1,0 +1,864 @@
+//! The sans-IO client on virtual time: no sockets, no sleeps, every timer fired exactly when it is due.
+
+use std::time::Duration;
+
+use presently_core::protocol::{MAX_FRAME_BYTES, ServerMessage};
+use presently_core::{
+    Availability, Client, ClientConfig, ConnectionState, ErrorCode, Event, Instant, Presence,
+    QueryError, ReconnectPolicy, ServerInfo, Status, TransportCommand,
+};
+use serde_json::Value;
+
+const INTERVAL: u64 = 15_000;
+const GRACE: u64 = 10_000;
+
+/// A virtual-time driver: a fake transport that records what the client sends.
+struct Harness {
+    client: Client,
+    now: Instant,
+    /// Frames sent on the current transport, decoded.
+    sent: Vec<Value>,
+    /// Transport opens requested so far.
+    opens: u32,
+    transport_open: bool,
+    events: Vec<Event>,
+    sessions: u32,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_config(config(), 1)
+    }
+
+    fn with_config(config: ClientConfig, seed: u64) -> Self {
+        Harness {
+            client: Client::new(config, seed),
+            now: Instant::ZERO,
+            sent: Vec::new(),
+            opens: 0,
+            transport_open: false,
+            events: Vec::new(),
+            sessions: 0,
+        }
+    }
+
+    /// Drains every output of the client, as a driver would after each input.
+    fn drain(&mut self) {
+        while let Some(frame) = self.client.poll_transmit() {
+            assert!(self.transport_open, "frame sent without an open transport: {frame}");
+            self.sent.push(serde_json::from_str(&frame).expect("client frames are JSON"));
+        }
+        while let Some(command) = self.client.poll_transport() {
+            match command {
+                TransportCommand::Open => {
+                    self.opens += 1;
+                    self.transport_open = false;
+                }
+                TransportCommand::Close => self.transport_open = false,
+            }
+        }
+        while let Some(event) = self.client.poll_event() {
+            self.events.push(event);
+        }
+    }
+
+    /// Moves virtual time forward by `ms`, firing every timer at the exact instant it is due.
+    fn advance(&mut self, ms: u64) {
+        let target = Instant::from_millis(self.now.as_millis() + ms);
+        loop {
+            self.drain();
+            match self.client.poll_timeout() {
+                Some(due) if due <= target => {
+                    self.now = due.max(self.now);
+                    self.client.handle_timeout(self.now);
+                }
+                _ => break,
+            }
+        }
+        self.now = target;
+        self.drain();
+    }
+
+    fn open_transport(&mut self) {
+        self.transport_open = true;
+        self.client.handle_transport_open(self.now);
+        self.drain();
+    }
+
+    fn receive(&mut self, message: ServerMessage) {
+        self.client.handle_frame(&message.encode(), self.now);
+        self.drain();
+    }
+
+    fn receive_text(&mut self, text: &str) {
+        self.client.handle_frame(text, self.now);
+        self.drain();
+    }
+
+    fn welcome(&mut self) {
+        self.sessions += 1;
+        self.receive(ServerMessage::Welcome {
+            protocol: 1,
+            session_id: format!("s{}", self.sessions),
+            user_id: "alice".into(),
+            heartbeat_interval_ms: INTERVAL,
+            session_ttl_ms: 45_000,
+            max_frame_bytes: MAX_FRAME_BYTES as u64,
+            server: ServerInfo {
+                name: "test".into(),
+                version: "0".into(),
+            },
+        });
+    }
+
+    /// connect → open → welcome.
+    fn connected() -> Self {
+        let mut h = Harness::new();
+        h.client.connect(h.now);
+        h.drain();
+        h.open_transport();
+        h.welcome();
+        h.sent.clear();
+        h.events.clear();
+        h
+    }
+
+    /// Waits out a reconnect delay, opens the transport and completes the handshake.
+    fn reconnect(&mut self) {
+        let retry_at = match self.client.state() {
+            ConnectionState::Reconnecting { retry_at, .. } => *retry_at,
+            other => panic!("not reconnecting: {other:?}"),
+        };
+        let opens = self.opens;
+        self.advance(retry_at.as_millis() - self.now.as_millis());
+        assert_eq!(self.opens, opens + 1, "a retry opens the transport");
+        self.open_transport();
+        self.welcome();
+    }
+
+    fn sent_types(&self) -> Vec<String> {
+        self.sent
+            .iter()
+            .map(|v| v["type"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    }
+
+    fn presence_events(&self) -> Vec<(String, Option<Availability>, Availability)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::PresenceChanged {
+                    user_id,
+                    previous,
+                    current,
+                } => Some((
+                    user_id.clone(),
+                    previous.as_ref().map(|p| p.availability),
+                    current.availability,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn config() -> ClientConfig {
+    let mut c = ClientConfig::new("secret-token");
+    c.liveness_grace = Duration::from_millis(GRACE);
+    c
+}
+
+fn record(user: &str, availability: Availability, version: u64) -> Presence {
+    Presence {
+        availability,
+        version,
+        since: Some(1_000),
+        last_active_at: Some(1_000),
+        ..Presence::unknown(user)
+    }
+}
+
+fn reconnect_delay(h: &Harness) -> Duration {
+    match h.client.state() {
+        ConnectionState::Reconnecting { delay, .. } => *delay,
+        other => panic!("not reconnecting: {other:?}"),
+    }
+}
+
+#[test]
+fn first_frame_is_hello_with_credentials_and_client_info() {
+    let mut h = Harness::new();
+    assert_eq!(h.client.state(), &ConnectionState::Idle);
+    h.client.connect(h.now);
+    h.drain();
+    assert_eq!(h.opens, 1);
+    assert_eq!(h.client.state(), &ConnectionState::Connecting { attempt: 1 });
+    h.open_transport();
+    assert_eq!(h.sent_types(), ["hello"]);
+    assert_eq!(h.sent[0]["token"], "secret-token");
+    assert_eq!(h.sent[0]["protocol"], 1);
+    assert!(h.sent[0]["client"]["name"].is_string());
+    assert!(h.sent[0].get("status").is_none(), "no status set: none sent");
+    h.welcome();
+    assert_eq!(
+        h.client.state(),
+        &ConnectionState::Connected {
+            session_id: "s1".into()
+        }
+    );
+    assert_eq!(h.client.session().unwrap().heartbeat_interval, Duration::from_millis(INTERVAL));
+}
+
+#[test]
+fn heartbeat_pings_every_interval_and_inbound_frames_keep_the_link_alive() {
+    let mut h = Harness::connected();
+    for round in 1..=20 {
+        h.advance(INTERVAL);
+        assert_eq!(h.sent_types().last().map(String::as_str), Some("ping"), "round {round}");
+        // The server answers every ping: any inbound frame counts as life.
+        h.receive(ServerMessage::Pong {
+            reference: None,
+            server_time_ms: None,
+        });
+    }
+    assert_eq!(h.sent.len(), 20, "exactly one ping per interval, no polling");
+    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+}
+
+#[test]
+fn sending_other_frames_defers_the_ping() {
+    let mut h = Harness::connected();
+    h.advance(INTERVAL - 1_000);
+    h.client.set_status(Status::new(Availability::Away), h.now).unwrap();
+    // The server's traffic keeps the link alive meanwhile.
+    h.client.handle_inbound_activity(h.now);
+    h.advance(1_000);
+    assert_eq!(h.sent_types(), ["set_status"], "a frame was sent less than an interval ago");
+    h.advance(INTERVAL - 1_000);
+    assert_eq!(h.sent_types(), ["set_status", "ping"]);
+}
+
+#[test]
+fn half_open_link_is_detected_after_interval_plus_grace_then_reconnects() {
+    let mut h = Harness::connected();
+    let last_inbound = h.now;
+    // The server goes silent: pings are sent but nothing comes back.
+    h.advance(INTERVAL + GRACE - 1);
+    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    h.advance(1);
+    match h.client.state() {
+        ConnectionState::Reconnecting { attempt, reason, .. } => {
+            assert_eq!(*attempt, 1);
+            assert!(reason.contains("no frame from the server for 25000 ms"), "{reason}");
+        }
+        other => panic!("expected reconnecting, got {other:?}"),
+    }
+    assert_eq!(h.now - last_inbound, Duration::from_millis(INTERVAL + GRACE));
+    assert!(!h.transport_open, "the dead transport is closed");
+    h.reconnect();
+    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+}
+
+#[test]
+fn websocket_control_frames_count_as_life() {
+    let mut h = Harness::connected();
+    for _ in 0..10 {
+        h.advance(INTERVAL);
+        h.client.handle_inbound_activity(h.now);
+    }
+    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    assert_eq!(h.client.stats().other_frames, 10);
+}
+
+#[test]
+fn backoff_delays_grow_within_bounds_up_to_the_cap() {
+    let policy = ReconnectPolicy::default();
+    for seed in 0..50 {
+        let mut h = Harness::with_config(config(), seed);
+        h.client.connect(h.now);
+        h.drain();
+        for failures in 1..=12u32 {
+            h.client.handle_transport_closed("connection refused", h.now);
+            h.drain();
+            let delay = reconnect_delay(&h);
+            assert!(delay <= policy.ceiling(failures), "seed {seed}, failure {failures}: {delay:?}");
+            match h.client.state() {
+                ConnectionState::Reconnecting { attempt, .. } => assert_eq!(*attempt, failures + 1),
+                other => panic!("{other:?}"),
+            }
+            let opens = h.opens;
+            h.advance(delay.as_millis() as u64);
+            assert_eq!(h.opens, opens + 1);
+        }
+    }
+}
+
+#[test]
+fn first_retries_of_many_clients_spread_out() {
+    // 1,000 clients lose the same server at the same instant. Their first retries must not bunch up: no
+    // tenth of the window holds more than 15 % of them.
+    let ceiling = ReconnectPolicy::default().ceiling(1).as_millis() as u64;
+    let mut buckets = [0u32; 10];
+    for seed in 0..1_000 {
+        let mut h = Harness::with_config(config(), seed);
+        h.client.connect(h.now);
+        h.drain();
+        h.open_transport();
+        h.welcome();
+        h.client.handle_transport_closed("server restarted", h.now);
+        h.drain();
+        let delay = reconnect_delay(&h).as_millis() as u64;
+        buckets[((delay * 10) / (ceiling + 1)) as usize] += 1;
+    }
+    assert!(buckets.iter().all(|&n| n <= 150), "{buckets:?}");
+}
+
+#[test]
+fn failure_count_resets_after_a_stable_connection() {
+    let policy = ReconnectPolicy {
+        base_delay: Duration::from_millis(1_000),
+        max_delay: Duration::from_secs(60),
+        stable_after: Duration::from_secs(30),
+    };
+    let mut flapping_delays = Vec::new();
+    for seed in 0..50 {
+        let mut c = config();
+        c.reconnect = policy.clone();
+        let mut h = Harness::with_config(c, seed);
+        h.client.connect(h.now);
+        h.drain();
+        // Five quick failures push the ceiling up.
+        for _ in 0..5 {
+            h.client.handle_transport_closed("refused", h.now);
+            h.drain();
+            let delay = reconnect_delay(&h);
+            h.advance(delay.as_millis() as u64);
+        }
+        // A connection that stays up only 5 s does not reset the count: the sixth failure's ceiling is 32 s.
+        h.open_transport();
+        h.welcome();
+        h.advance(5_000);
+        h.client.handle_transport_closed("dropped", h.now);
+        h.drain();
+        let delay = reconnect_delay(&h);
+        assert!(delay <= policy.ceiling(6));
+        flapping_delays.push(delay);
+        // Up for 30 s: stable. The next drop starts from the base delay again.
+        h.reconnect();
+        for _ in 0..2 {
+            h.advance(INTERVAL);
+            h.client.handle_inbound_activity(h.now);
+        }
+        h.client.handle_transport_closed("dropped", h.now);
+        h.drain();
+        assert!(reconnect_delay(&h) <= policy.base_delay, "seed {seed}");
+    }
+    let above_base = flapping_delays.iter().filter(|d| **d > policy.base_delay).count();
+    assert!(above_base > 40, "{above_base} of 50 flapping delays above the base delay");
+}
+
+#[test]
+fn unstable_connections_keep_growing_the_backoff() {
+    // Sample many seeds: after six flapping connections, delays exceed the base delay most of the time.
+    let mut over = 0;
+    for seed in 0..100 {
+        let mut h = Harness::with_config(config(), seed);
+        h.client.connect(h.now);
+        h.drain();
+        for _ in 0..6 {
+            h.open_transport();
+            h.welcome();
+            h.advance(1_000);
+            h.client.handle_transport_closed("dropped", h.now);
+            h.drain();
+            if reconnect_delay(&h) > ReconnectPolicy::default().base_delay {
+                over += 1;
+            }
+            let delay = reconnect_delay(&h);
+            h.advance(delay.as_millis() as u64);
+        }
+    }
+    assert!(over > 400, "{over} of 600 delays were above the base delay");
+}
+
+#[test]
+fn status_set_while_disconnected_is_sent_exactly_once_in_the_next_hello() {
+    let mut h = Harness::connected();
+    h.client.handle_transport_closed("network down", h.now);
+    h.drain();
+    h.sent.clear();
+    // Several changes while offline: only the last one matters.
+    h.client.set_status(Status::new(Availability::Busy), h.now).unwrap();
+    h.client
+        .set_status(Status::new(Availability::Away).with_message("lunch"), h.now)
+        .unwrap();
+    h.client
+        .set_status(Status::new(Availability::Busy).with_message("Mixing"), h.now)
+        .unwrap();
+    assert!(h.sent.is_empty(), "nothing is sent while disconnected");
+    h.reconnect();
+    h.advance(1_000);
+    let with_status: Vec<&Value> = h
+        .sent
+        .iter()
+        .filter(|f| f["type"] == "set_status" || f.get("status").is_some())
+        .collect();
+    assert_eq!(with_status.len(), 1, "sent once: {:?}", h.sent);
+    assert_eq!(with_status[0]["type"], "hello");
+    assert_eq!(with_status[0]["status"]["availability"], "busy");
+    assert_eq!(with_status[0]["status"]["message"], "Mixing");
+
+    // And on every later reconnect, the hello carries it again (the server may have lost it).
+    h.client.handle_transport_closed("again", h.now);
+    h.drain();
+    h.sent.clear();
+    h.reconnect();
+    assert_eq!(h.sent[0]["status"]["message"], "Mixing");
+    assert_eq!(h.sent_types(), ["hello"]);
+}
+
+#[test]
+fn status_set_during_the_handshake_is_sent_after_welcome() {
+    let mut h = Harness::new();
+    h.client.connect(h.now);
+    h.drain();
+    h.open_transport();
+    h.client.set_status(Status::new(Availability::Away), h.now).unwrap();
+    h.drain();
+    assert_eq!(h.sent_types(), ["hello"]);
+    h.welcome();
+    assert_eq!(h.sent_types(), ["hello", "set_status"]);
+    assert_eq!(h.sent[1]["availability"], "away");
+}
+
+#[test]
+fn status_while_connected_is_sent_at_once_and_duplicates_are_coalesced() {
+    let mut h = Harness::connected();
+    let busy = Status::new(Availability::Busy).with_message("Mixing");
+    h.client.set_status(busy.clone(), h.now).unwrap();
+    h.client.set_status(busy, h.now).unwrap();
+    h.drain();
+    assert_eq!(h.sent_types(), ["set_status"]);
+}
+
+#[test]
+fn invalid_status_is_rejected_locally_and_changes_nothing() {
+    let mut h = Harness::connected();
+    let err = h
+        .client
+        .set_status(Status::new(Availability::Busy).with_message("x".repeat(201)), h.now)
+        .unwrap_err();
+    assert!(err.to_string().contains("200"));
+    assert!(h.client.set_status(Status::new(Availability::Offline), h.now).is_err());
+    h.drain();
+    assert!(h.sent.is_empty());
+    assert_eq!(h.client.desired_status(), None);
+}
+
+#[test]
+fn subscriptions_are_restored_after_reconnect_and_the_roster_reconciled() {
+    let mut h = Harness::connected();
+    h.client.subscribe(["bob", "carol"], h.now).unwrap();
+    h.drain();
+    assert_eq!(h.sent_types(), ["subscribe"]);
+    h.receive(ServerMessage::Snapshot {
+        users: vec![
+            record("bob", Availability::Online, 10),
+            record("carol", Availability::Busy, 20),
+        ],
+    });
+    assert_eq!(
+        h.presence_events(),
+        [
+            ("bob".into(), None, Availability::Online),
+            ("carol".into(), None, Availability::Busy)
+        ]
+    );
+    h.events.clear();
+
+    // The server restarts. While down, the application adds a user.
+    h.client.handle_transport_closed("server restarted", h.now);
+    h.drain();
+    h.client.subscribe(["dave"], h.now).unwrap();
+    h.sent.clear();
+    h.reconnect();
+    assert_eq!(h.sent_types(), ["hello", "subscribe"]);
+    let users: Vec<&str> = h.sent[1]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["bob", "carol", "dave"]);
+    // The records are kept (as last known) while reconnecting.
+    assert_eq!(h.client.roster().count(), 2);
+
+    // The new server's snapshot has new versions (a restart), bob unchanged, carol now away, dave new.
+    h.events.clear();
+    h.receive(ServerMessage::Snapshot {
+        users: vec![
+            record("bob", Availability::Online, 5),
+            record("carol", Availability::Away, 6),
+            record("dave", Availability::Offline, 0),
+        ],
+    });
+    assert_eq!(
+        h.presence_events(),
+        [
+            ("carol".into(), Some(Availability::Busy), Availability::Away),
+            ("dave".into(), None, Availability::Offline)
+        ],
+        "only real changes are reported"
+    );
+    assert_eq!(h.client.presence("bob").unwrap().version, 5, "the new version is adopted");
+    // Updates on the new session follow the new versions.
+    h.receive(ServerMessage::Presence {
+        user: record("bob", Availability::Away, 7),
+    });
+    assert_eq!(h.client.presence("bob").unwrap().availability, Availability::Away);
+}
+
+#[test]
+fn stale_and_duplicate_versions_are_dropped() {
+    let mut h = Harness::connected();
+    h.client.subscribe(["bob"], h.now).unwrap();
+    h.receive(ServerMessage::Snapshot {
+        users: vec![record("bob", Availability::Online, 5)],
+    });
+    h.events.clear();
+    h.receive(ServerMessage::Presence {
+        user: record("bob", Availability::Away, 4),
+    });
+    h.receive(ServerMessage::Presence {
+        user: record("bob", Availability::Busy, 5),
+    });
+    assert!(h.presence_events().is_empty());
+    assert_eq!(h.client.stats().stale_updates, 2);
+    assert_eq!(h.client.presence("bob").unwrap().availability, Availability::Online);
+    h.receive(ServerMessage::Presence {
+        user: record("bob", Availability::Busy, 6),
+    });
+    assert_eq!(
+        h.presence_events(),
+        [("bob".into(), Some(Availability::Online), Availability::Busy)]
+    );
+}
+
+#[test]
+fn malformed_oversized_and_unknown_frames_are_ignored_and_counted() {
+    let mut h = Harness::connected();
+    h.client.subscribe(["bob"], h.now).unwrap();
+    h.receive(ServerMessage::Snapshot {
+        users: vec![record("bob", Availability::Online, 5)],
+    });
+    h.events.clear();
+    h.sent.clear();
+    let state = h.client.state().clone();
+    let roster: Vec<Presence> = h.client.roster().cloned().collect();
+
+    h.receive_text("this is not json");
+    h.receive_text("{\"type\":\"presence\",\"user\":42}");
+    h.receive_text("{\"no_type\":true}");
+    h.receive_text("[1,2,3]");
+    h.receive_text("");
+    let huge = format!(
+        "{{\"type\":\"presence\",\"user\":{{\"user_id\":\"bob\",\"availability\":\"busy\",\"version\":99,\"pad\":\"{}\"}}}}",
+        "x".repeat(MAX_FRAME_BYTES)
+    );
+    h.receive_text(&huge);
+    h.receive_text("{\"type\":\"typing_indicator\",\"user\":\"bob\"}");
+    h.receive_text("{\"type\":\"welcome_v2\"}");
+
+    let stats = h.client.stats();
+    assert_eq!(stats.malformed_frames, 5);
+    assert_eq!(stats.oversized_frames, 1);
+    assert_eq!(stats.unknown_frames, 2);
+    assert_eq!(h.client.state(), &state);
+    assert_eq!(h.client.roster().cloned().collect::<Vec<_>>(), roster);
+    assert!(h.events.is_empty(), "no events: {:?}", h.events);
+    assert!(h.sent.is_empty());
+    // And the client still works.
+    h.receive(ServerMessage::Presence {
+        user: record("bob", Availability::Away, 6),
+    });
+    assert_eq!(h.presence_events().len(), 1);
+}
+
+#[test]
+fn fatal_error_fails_the_client_and_it_never_retries_by_itself() {
+    let mut h = Harness::new();
+    h.client.connect(h.now);
+    h.drain();
+    h.open_transport();
+    h.receive(ServerMessage::Error {
+        code: ErrorCode::InvalidToken,
+        message: "bad signature".into(),
+        fatal: true,
+        reference: None,
+    });
+    assert_eq!(
+        h.client.state(),
+        &ConnectionState::Failed {
+            code: ErrorCode::InvalidToken,
+            message: "bad signature".into()
+        }
+    );
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::ServerError {
+            fatal: true,
+            ..
+        }
+    )));
+    let opens = h.opens;
+    h.advance(3_600_000);
+    assert_eq!(h.opens, opens, "no retry storm");
+    assert_eq!(h.client.poll_timeout(), None);
+    h.client.reconnect_now(h.now);
+    h.drain();
+    assert_eq!(h.opens, opens, "hints do not revive a failed client");
+    // Reconfigured by the application: connecting again is allowed.
+    h.client.set_token("fresh-token");
+    h.client.connect(h.now);
+    h.drain();
+    assert_eq!(h.opens, opens + 1);
+    h.open_transport();
+    assert_eq!(h.sent.last().unwrap()["token"], "fresh-token");
+}
+
+#[test]
+fn known_fatal_codes_are_fatal_even_without_the_flag_and_unknown_codes_are_not() {
+    let mut h = Harness::connected();
+    h.receive(ServerMessage::Error {
+        code: ErrorCode::Other("brand_new".into()),
+        message: "?".into(),
+        fatal: false,
+        reference: None,
+    });
+    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    h.receive(ServerMessage::Error {
+        code: ErrorCode::TokenExpired,
+        message: "expired".into(),
+        fatal: false,
+        reference: None,
+    });
+    assert!(matches!(h.client.state(), ConnectionState::Failed { .. }));
+}
+
+#[test]
+fn spurious_timeouts_are_no_ops() {
+    let mut h = Harness::connected();
+    h.client.subscribe(["bob"], h.now).unwrap();
+    h.drain();
+    h.sent.clear();
+    let state = h.client.state().clone();
+    let due = h.client.poll_timeout().unwrap();
+    for ms in [0, 1, 500, due.as_millis() - 1] {
+        h.client.handle_timeout(Instant::from_millis(ms));
+        h.client.handle_timeout(Instant::from_millis(ms));
+    }
+    h.drain();
+    assert!(h.sent.is_empty());
+    assert!(h.events.is_empty());
+    assert_eq!(h.client.state(), &state);
+    assert_eq!(h.client.poll_timeout(), Some(due));
+    // While waiting to reconnect, an early timeout does not start the attempt.
+    h.client.handle_transport_closed("drop", h.now);
+    h.drain();
+    let retry_at = h.client.poll_timeout().unwrap();
+    let opens = h.opens;
+    if retry_at > h.now {
+        h.client.handle_timeout(h.now);
+        h.drain();
+        assert_eq!(h.opens, opens);
+    }
+}
+
+#[test]
+fn goaway_delay_is_honoured_plus_jitter() {
+    for seed in 0..30 {
+        let mut h = Harness::with_config(config(), seed);
+        h.client.connect(h.now);
+        h.drain();
+        h.open_transport();
+        h.welcome();
+        let at = h.now;
+        h.receive(ServerMessage::Goaway {
+            reconnect_after_ms: 5_000,
+            reason: Some("restarting".into()),
+        });
+        assert!(!h.transport_open);
+        let ConnectionState::Reconnecting { retry_at, reason, .. } = h.client.state().clone() else {
+            panic!("not reconnecting");
+        };
+        assert!(reason.contains("restarting"));
+        let wait = retry_at - at;
+        assert!(wait >= Duration::from_millis(5_000), "{wait:?}");
+        assert!(wait <= Duration::from_millis(5_500), "{wait:?}");
+        let opens = h.opens;
+        h.advance(4_999);
+        assert_eq!(h.opens, opens, "not before reconnect_after_ms");
+    }
+}
+
+#[test]
+fn reconnect_now_skips_the_wait_and_probes_a_live_link() {
+    let mut h = Harness::connected();
+    // Push the backoff far out.
+    for _ in 0..8 {
+        h.client.handle_transport_closed("refused", h.now);
+        h.drain();
+        let d = reconnect_delay(&h);
+        h.advance(d.as_millis() as u64);
+    }
+    h.client.handle_transport_closed("refused", h.now);
+    h.drain();
+    let opens = h.opens;
+    h.client.reconnect_now(h.now);
+    h.drain();
+    assert_eq!(h.opens, opens + 1, "the network-change hint retries at once");
+    h.open_transport();
+    h.welcome();
+
+    // While connected, the hint sends a probe; silence for probe_timeout means the link is dead.
+    h.sent.clear();
+    h.client.reconnect_now(h.now);
+    h.drain();
+    assert_eq!(h.sent_types(), ["ping"]);
+    h.advance(4_999);
+    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    h.advance(1);
+    assert!(matches!(h.client.state(), ConnectionState::Reconnecting { .. }));
+
+    // A probe that is answered leaves the link alone.
+    h.reconnect();
+    h.client.reconnect_now(h.now);
+    h.advance(100);
+    h.receive(ServerMessage::Pong {
+        reference: None,
+        server_time_ms: None,
+    });
+    h.advance(10_000);
+    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+}
+
+#[test]
+fn an_attempt_that_never_reaches_welcome_times_out() {
+    let mut h = Harness::new();
+    h.client.connect(h.now);
+    h.drain();
+    h.open_transport();
+    h.advance(10_000);
+    match h.client.state() {
+        ConnectionState::Reconnecting { reason, .. } => assert!(reason.contains("connect timeout")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn queries_complete_and_fail_on_disconnect() {
+    let mut h = Harness::new();
+    assert_eq!(h.client.query(&["bob"], h.now), Err(QueryError::NotConnected));
+    let mut h = Harness::connected();
+    let id = h.client.query(&["bob", "dave"], h.now).unwrap();
+    h.drain();
+    let reference = h.sent[0]["ref"].as_str().unwrap().to_owned();
+    h.receive(ServerMessage::QueryResult {
+        reference,
+        users: vec![record("bob", Availability::Busy, 3), Presence::unknown("dave")],
+    });
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::QueryCompleted { query_id, result: Ok(users) } if *query_id == id && users.len() == 2
+    )));
+    let id2 = h.client.query(&["erin"], h.now).unwrap();
+    h.client.handle_transport_closed("drop", h.now);
+    h.drain();
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::QueryCompleted { query_id, result: Err(QueryError::Disconnected) } if *query_id == id2
+    )));
+    assert!(matches!(
+        h.client.query(&["a\u{0}"], h.now),
+        Err(QueryError::Invalid(_))
+    ));
+}
+
+#[test]
+fn unsubscribe_forgets_the_user_and_ignores_late_records() {
+    let mut h = Harness::connected();
+    h.client.subscribe(["bob"], h.now).unwrap();
+    h.receive(ServerMessage::Snapshot {
+        users: vec![record("bob", Availability::Online, 1)],
+    });
+    h.client.unsubscribe(["bob", "never-watched"], h.now);
+    h.drain();
+    assert_eq!(h.sent_types(), ["subscribe", "unsubscribe"]);
+    assert_eq!(h.sent[1]["users"], serde_json::json!(["bob"]));
+    assert_eq!(h.client.presence("bob"), None);
+    h.events.clear();
+    h.receive(ServerMessage::Presence {
+        user: record("bob", Availability::Busy, 2),
+    });
+    assert!(h.events.is_empty());
+    assert_eq!(h.client.presence("bob"), None);
+}
+
+#[test]
+fn large_watch_lists_are_split_into_frames_within_the_limits() {
+    let mut h = Harness::connected();
+    let users: Vec<String> = (0..2_500).map(|i| format!("user-{i:05}-{}", "x".repeat(100))).collect();
+    h.client.subscribe(users.clone(), h.now).unwrap();
+    h.client.poll_transmit().map(|_| ()).unwrap();
+    // Re-run through a reconnect to check the frames the driver sees.
+    h.drain();
+    h.client.handle_transport_closed("drop", h.now);
+    h.drain();
+    h.sent.clear();
+    h.reconnect();
+    let mut total = 0;
+    for frame in &h.sent[1..] {
+        assert_eq!(frame["type"], "subscribe");
+        let n = frame["users"].as_array().unwrap().len();
+        assert!(n <= 1_000);
+        assert!(frame.to_string().len() <= MAX_FRAME_BYTES);
+        total += n;
+    }
+    assert_eq!(total, 2_500);
+    assert!(h.client.subscribe(["x"; 1].iter().map(|s| s.to_string()), h.now).is_ok());
+    let too_many: Vec<String> = (0..8_000).map(|i| format!("more-{i}")).collect();
+    assert!(h.client.subscribe(too_many, h.now).is_err());
+}
+
+#[test]
+fn close_sends_bye_and_stops() {
+    let mut h = Harness::connected();
+    h.client.close(h.now);
+    h.drain();
+    assert_eq!(h.sent_types(), ["bye"]);
+    assert_eq!(h.client.state(), &ConnectionState::Closed);
+    let opens = h.opens;
+    h.advance(600_000);
+    assert_eq!(h.opens, opens);
+    // Events report the transition.
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::StateChanged {
+            current: ConnectionState::Closed,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn frames_outside_a_connection_are_ignored() {
+    let mut h = Harness::new();
+    h.client.handle_frame("{\"type\":\"pong\"}", h.now);
+    h.client.handle_transport_open(h.now);
+    h.client.handle_transport_closed("x", h.now);
+    h.client.handle_timeout(h.now);
+    h.drain();
+    assert_eq!(h.client.state(), &ConnectionState::Idle);
+    assert!(h.sent.is_empty());
+    assert_eq!(h.opens, 0);
+}
