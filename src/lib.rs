@@ -1,1 +1,487 @@
+//! # presently
+//!
+//! Presence for every app — who is online, away or busy — and your own user's status kept right. This crate is
+//! the Rust SDK: an async client on tokio that drives the sans-IO core ([`presently_core`], re-exported here)
+//! over a WebSocket (`wss://` through rustls by default).
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use presently::{Activity, Availability, Client, Event, Status};
+//!
+//! # async fn demo() -> Result<(), presently::Error> {
+//! let client = Client::builder("wss://presence.example.com/v1/ws")
+//!     .token("<token from your backend>")
+//!     .build()?;
+//! let mut events = client.events();
+//! client.connect().await?;
+//! client.set_status(
+//!     Status::new(Availability::Busy)
+//!         .with_message("Mixing the EP")
+//!         .with_activity(Activity::new("in_studio", "Ableton Live 12")),
+//! )?;
+//! client.subscribe(["bob", "carol"])?;
+//! while let Some(event) = events.next().await {
+//!     if let Event::PresenceChanged { user_id, current, .. } = event {
+//!         println!("{user_id} is {}", current.availability);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The client reconnects by itself with jittered backoff, detects half-open links with its heartbeat and, after
+//! every reconnect, re-asserts the status you set and every subscription. See `docs/protocol.md` for the wire
+//! contract.
+#![warn(missing_docs)]
 
+mod driver;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio::sync::{Notify, broadcast, oneshot, watch};
+
+pub use presently_core;
+pub use presently_core::protocol::{self, ValidationError};
+pub use presently_core::{
+    Activity, Availability, ClientConfig, ClientInfo, ConnectionState, ErrorCode, Event, Presence,
+    QueryError, QueryId, ReconnectPolicy, ServerInfo, SessionInfo, Stats, Status,
+};
+
+/// What can go wrong when using the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The URL is not a `ws://` or `wss://` URL.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An argument breaks the protocol's rules (too long a message, an invalid user id, ...).
+    #[error("invalid input: {0}")]
+    InvalidInput(#[from] ValidationError),
+    /// [`ClientBuilder::build`] was called outside a tokio runtime.
+    #[error("no tokio runtime: build the client from within a tokio runtime")]
+    NoRuntime,
+    /// The operation needs a connection and there is none.
+    #[error("not connected")]
+    NotConnected,
+    /// The first connection attempt failed. The client keeps retrying in the background (see
+    /// [`Client::state`]) until [`Client::close`].
+    #[error("could not connect: {reason} (retrying in the background)")]
+    Unreachable {
+        /// Why the attempt failed.
+        reason: String,
+    },
+    /// The server refused the client with a fatal error (e.g. a bad token). The client does not retry until
+    /// [`Client::connect`] is called again, typically after [`Client::set_token`].
+    #[error("rejected by the server: {code}: {message}")]
+    Rejected {
+        /// The error code.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+    /// A query failed.
+    #[error("query failed: {0}")]
+    Query(QueryError),
+}
+
+/// The largest message the client reads whole, in bytes. Messages above the protocol's 64 KiB limit but below
+/// this are read and ignored by the core (counted in [`Stats::oversized_frames`]); larger ones end the
+/// connection, which then reconnects.
+const HARD_INBOUND_LIMIT: usize = 4 * protocol::MAX_FRAME_BYTES;
+
+/// State shared by the client handles and the driver task.
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    origin: tokio::time::Instant,
+    /// Wakes the driver after a command changed the core.
+    wake: Notify,
+    events: broadcast::Sender<Event>,
+    state: watch::Sender<ConnectionState>,
+    /// How many connections still have a writer flushing; `close()` waits for 0.
+    open_writers: watch::Sender<usize>,
+}
+
+pub(crate) struct Inner {
+    core: presently_core::Client,
+    queries: HashMap<QueryId, oneshot::Sender<Result<Vec<Presence>, QueryError>>>,
+    shutdown: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Nothing panics while holding the lock; if something did, the core is still consistent between calls.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The driver's clock, in the core's units.
+    pub(crate) fn now(&self) -> presently_core::Instant {
+        presently_core::Instant::from_millis(
+            u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX),
+        )
+    }
+
+    /// Runs `f` on the core and wakes the driver to act on its outputs.
+    fn with_core<R>(
+        &self,
+        f: impl FnOnce(&mut presently_core::Client, presently_core::Instant) -> R,
+    ) -> R {
+        let now = self.now();
+        let result = f(&mut self.lock().core, now);
+        self.wake.notify_one();
+        result
+    }
+}
+
+/// Settings for a [`Client`]; from [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    url: String,
+    config: ClientConfig,
+    event_capacity: usize,
+    #[cfg(feature = "rustls")]
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl ClientBuilder {
+    /// The credential sent in `hello` (for the reference server, an HS256 JWT from your backend).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.config.token = token.into();
+        self
+    }
+
+    /// Name, version and platform of your application, sent in `hello`.
+    pub fn client_info(mut self, info: ClientInfo) -> Self {
+        self.config.client_info = info;
+        self
+    }
+
+    /// Delays between connection attempts (default: 500 ms base, 30 s cap, reset after 30 s up).
+    pub fn reconnect_policy(mut self, policy: ReconnectPolicy) -> Self {
+        self.config.reconnect = policy;
+        self
+    }
+
+    /// How long one attempt may take to reach `welcome` (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// How long past the server's heartbeat interval the client waits for any frame before it declares the
+    /// link dead and reconnects (default 10 s).
+    pub fn liveness_grace(mut self, grace: Duration) -> Self {
+        self.config.liveness_grace = grace;
+        self
+    }
+
+    /// After [`Client::reconnect_now`] while connected, how long the probe ping may go unanswered before
+    /// the link is declared dead (default 5 s).
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.config.probe_timeout = timeout;
+        self
+    }
+
+    /// How many events an [`EventStream`] buffers before a slow reader starts missing them (default 1,024;
+    /// it then receives [`Event::Lagged`]).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// A rustls configuration for `wss://` (e.g. with your own root certificates). By default the client
+    /// trusts the webpki root certificates.
+    #[cfg(feature = "rustls")]
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Checks the settings and starts the client's driver task on the current tokio runtime. The client does
+    /// not connect until [`Client::connect`].
+    pub fn build(self) -> Result<Client, Error> {
+        let invalid = |reason: &str| Error::InvalidUrl {
+            url: self.url.clone(),
+            reason: reason.to_owned(),
+        };
+        let url = url::Url::parse(&self.url).map_err(|e| invalid(&e.to_string()))?;
+        let secure = match url.scheme() {
+            "wss" => true,
+            "ws" => false,
+            other => {
+                return Err(invalid(&format!(
+                    "the scheme must be ws or wss, not {other}"
+                )));
+            }
+        };
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("the URL has no host"));
+        }
+        protocol::validate_client_info(&self.config.client_info)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let tls = if secure {
+            #[cfg(feature = "rustls")]
+            {
+                Some(match self.tls {
+                    Some(config) => config,
+                    None => driver::default_tls_config()
+                        .map_err(|e| invalid(&format!("cannot set up TLS: {e}")))?,
+                })
+            }
+            #[cfg(not(feature = "rustls"))]
+            {
+                return Err(invalid(
+                    "wss:// needs the `rustls` feature of the presently crate",
+                ));
+            }
+        } else {
+            None
+        };
+        let (events, _) = broadcast::channel(self.event_capacity);
+        let (state, _) = watch::channel(ConnectionState::Idle);
+        let (open_writers, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                core: presently_core::Client::new(self.config, rand::random()),
+                queries: HashMap::new(),
+                shutdown: false,
+            }),
+            origin: tokio::time::Instant::now(),
+            wake: Notify::new(),
+            events,
+            state,
+            open_writers,
+        });
+        runtime.spawn(driver::run(
+            shared.clone(),
+            driver::Target {
+                url: url.to_string(),
+                tls,
+            },
+        ));
+        Ok(Client {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+}
+
+/// Stops the driver when the last [`Client`] clone is dropped.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// A presence client. Cheap to clone: clones share one connection. Dropping the last clone closes it.
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts configuring a client for a server URL such as `wss://presence.example.com/v1/ws`.
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            config: ClientConfig::new(""),
+            event_capacity: 1_024,
+            #[cfg(feature = "rustls")]
+            tls: None,
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    /// Connects and waits for the outcome of the first attempt: `Ok` once connected; [`Error::Rejected`]
+    /// on a fatal error (no retry); [`Error::Unreachable`] if the attempt failed, in which case the client
+    /// keeps retrying in the background with backoff. Returns at once if already connected.
+    pub async fn connect(&self) -> Result<(), Error> {
+        let mut states = self.shared().state.subscribe();
+        let state = self.shared().with_core(|core, now| {
+            core.connect(now);
+            core.state().clone()
+        });
+        if let ConnectionState::Connected { .. } = state {
+            return Ok(());
+        }
+        loop {
+            if states.changed().await.is_err() {
+                return Err(Error::Closed);
+            }
+            let state = states.borrow_and_update().clone();
+            match state {
+                ConnectionState::Connected { .. } => return Ok(()),
+                ConnectionState::Failed { code, message } => {
+                    return Err(Error::Rejected { code, message });
+                }
+                ConnectionState::Reconnecting { reason, .. } => {
+                    return Err(Error::Unreachable { reason });
+                }
+                ConnectionState::Closed => return Err(Error::Closed),
+                ConnectionState::Idle | ConnectionState::Connecting { .. } => {}
+            }
+        }
+    }
+
+    /// Replaces the token for the next connection (e.g. after `token_expired`); call [`Client::connect`] to
+    /// leave the failed state.
+    pub fn set_token(&self, token: impl Into<String>) {
+        self.shared().with_core(|core, _| core.set_token(token));
+    }
+
+    /// Sets your own status. Sent now if connected; otherwise remembered and sent once on the next
+    /// connection. Invalid input (too long a message, `Offline`, ...) is refused here.
+    pub fn set_status(&self, status: Status) -> Result<(), Error> {
+        Ok(self
+            .shared()
+            .with_core(|core, now| core.set_status(status, now))?)
+    }
+
+    /// Watches users; kept across reconnects. Their presence arrives as [`Event::PresenceChanged`] and in
+    /// [`Client::roster`].
+    pub fn subscribe<I, S>(&self, users: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Ok(self
+            .shared()
+            .with_core(|core, now| core.subscribe(users, now))?)
+    }
+
+    /// Stops watching users.
+    pub fn unsubscribe<I, S>(&self, users: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.shared()
+            .with_core(|core, now| core.unsubscribe(users, now));
+    }
+
+    /// Reads users' presence once without watching them. Needs a connection.
+    pub async fn query<S: AsRef<str>>(&self, users: &[S]) -> Result<Vec<Presence>, Error> {
+        let (tx, rx) = oneshot::channel();
+        let shared = self.shared();
+        {
+            let now = shared.now();
+            let mut inner = shared.lock();
+            let query_id = inner.core.query(users, now).map_err(|e| match e {
+                QueryError::NotConnected => Error::NotConnected,
+                QueryError::Invalid(v) => Error::InvalidInput(v),
+                other => Error::Query(other),
+            })?;
+            inner.queries.insert(query_id, tx);
+        }
+        shared.wake.notify_one();
+        match rx.await {
+            Ok(result) => result.map_err(Error::Query),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// A hint that the network changed or the app came to the foreground: retry now if waiting, or probe the
+    /// link if connected.
+    pub fn reconnect_now(&self) {
+        self.shared().with_core(|core, now| core.reconnect_now(now));
+    }
+
+    /// A stream of events from now on: presence changes, connection state changes and server errors. Each
+    /// call makes an independent stream.
+    pub fn events(&self) -> EventStream {
+        EventStream {
+            inner: tokio_stream::wrappers::BroadcastStream::new(self.shared().events.subscribe()),
+        }
+    }
+
+    /// The connection state now.
+    pub fn state(&self) -> ConnectionState {
+        self.shared().lock().core.state().clone()
+    }
+
+    /// A receiver that is told of every connection state the driver publishes (for `select!` loops and UI
+    /// bindings).
+    pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
+        self.shared().state.subscribe()
+    }
+
+    /// Every watched user whose presence is known, in user id order.
+    pub fn roster(&self) -> Vec<Presence> {
+        self.shared().lock().core.roster().cloned().collect()
+    }
+
+    /// The presence of one watched user, if known.
+    pub fn presence(&self, user_id: &str) -> Option<Presence> {
+        self.shared().lock().core.presence(user_id).cloned()
+    }
+
+    /// The status you last set, if any.
+    pub fn desired_status(&self) -> Option<Status> {
+        self.shared().lock().core.desired_status().cloned()
+    }
+
+    /// The current session, while connected.
+    pub fn session(&self) -> Option<SessionInfo> {
+        self.shared().lock().core.session().cloned()
+    }
+
+    /// Counters of frames received and ignored.
+    pub fn stats(&self) -> Stats {
+        self.shared().lock().core.stats().clone()
+    }
+
+    /// Sends `bye`, closes the connection and stops reconnecting; waits (at most 2 s) until the connection is
+    /// closed. [`Client::connect`] may be called again afterwards.
+    pub async fn close(&self) {
+        let mut writers = self.shared().open_writers.subscribe();
+        self.shared().with_core(|core, now| core.close(now));
+        let _ = tokio::time::timeout(Duration::from_secs(2), writers.wait_for(|n| *n == 0)).await;
+    }
+}
+
+/// A stream of [`Event`]s from [`Client::events`]. A reader that falls more than the event capacity behind
+/// receives [`Event::Lagged`] and then continues with the newest events.
+pub struct EventStream {
+    inner: tokio_stream::wrappers::BroadcastStream<Event>,
+}
+
+impl Stream for EventStream {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Event>> {
+        use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(event))) => Poll::Ready(Some(event)),
+            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                Poll::Ready(Some(Event::Lagged { missed }))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

@@ -59,7 +59,16 @@ mod tests {
         let p = ReconnectPolicy::default();
         let ms = |n| p.ceiling(n).as_millis();
         assert_eq!(
-            [ms(0), ms(1), ms(2), ms(3), ms(7), ms(8), ms(60), ms(u32::MAX)],
+            [
+                ms(0),
+                ms(1),
+                ms(2),
+                ms(3),
+                ms(7),
+                ms(8),
+                ms(60),
+                ms(u32::MAX)
+            ],
             [500, 500, 1000, 2000, 30_000, 30_000, 30_000, 30_000]
         );
     }

@@ -27,8 +27,8 @@ use rand::rngs::SmallRng;
 use crate::backoff::ReconnectPolicy;
 use crate::protocol::{
     self, ClientInfo, ClientMessage, DecodeError, ErrorCode, MAX_FRAME_BYTES,
-    MAX_SUBSCRIPTIONS_PER_SESSION, MAX_USERS_PER_REQUEST, PROTOCOL_VERSION, Presence,
-    ServerInfo, ServerMessage, Status, ValidationError,
+    MAX_SUBSCRIPTIONS_PER_SESSION, MAX_USERS_PER_REQUEST, PROTOCOL_VERSION, Presence, ServerInfo,
+    ServerMessage, Status, ValidationError,
 };
 use crate::time::Instant;
 
@@ -279,12 +279,18 @@ pub struct SessionInfo {
 enum Link {
     Idle,
     /// The transport was requested; `deadline` ends the attempt.
-    Opening { deadline: Instant },
+    Opening {
+        deadline: Instant,
+    },
     /// The transport is open and `hello` sent; waiting for `welcome` until `deadline`.
-    Handshaking { deadline: Instant },
+    Handshaking {
+        deadline: Instant,
+    },
     Connected,
     /// Waiting to retry at `retry_at`.
-    Waiting { retry_at: Instant },
+    Waiting {
+        retry_at: Instant,
+    },
     Closed,
     Failed,
 }
@@ -480,7 +486,11 @@ impl Client {
 
     /// Reads users' presence once, without watching them. The answer comes as [`Event::QueryCompleted`].
     /// Queries are not queued: the client must be connected.
-    pub fn query<S: AsRef<str>>(&mut self, users: &[S], now: Instant) -> Result<QueryId, QueryError> {
+    pub fn query<S: AsRef<str>>(
+        &mut self,
+        users: &[S],
+        now: Instant,
+    ) -> Result<QueryId, QueryError> {
         protocol::validate_user_list(users).map_err(QueryError::Invalid)?;
         if self.link != Link::Connected {
             return Err(QueryError::NotConnected);
@@ -629,7 +639,10 @@ impl Client {
             Link::Opening { deadline } | Link::Handshaking { deadline } => Some(deadline),
             Link::Connected => {
                 let interval = self.session.as_ref()?.heartbeat_interval;
-                Some(self.liveness_deadline(interval).min(self.last_sent + interval))
+                Some(
+                    self.liveness_deadline(interval)
+                        .min(self.last_sent + interval),
+                )
             }
             Link::Waiting { retry_at } => Some(retry_at),
             Link::Idle | Link::Closed | Link::Failed => None,
@@ -721,7 +734,9 @@ impl Client {
         let mut size = 0;
         for user in users {
             let encoded = serde_json::to_string(&user).map_or(user.len() * 6 + 2, |s| s.len()) + 1;
-            if !chunk.is_empty() && (chunk.len() == MAX_USERS_PER_REQUEST || size + encoded > budget) {
+            if !chunk.is_empty()
+                && (chunk.len() == MAX_USERS_PER_REQUEST || size + encoded > budget)
+            {
                 self.send(make(std::mem::take(&mut chunk)), now);
                 size = 0;
             }

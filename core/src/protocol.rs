@@ -222,7 +222,11 @@ impl ClientInfo {
 impl Default for ClientInfo {
     /// `presently-rust`, this crate's version, and the compile target's OS.
     fn default() -> Self {
-        ClientInfo::new("presently-rust", env!("CARGO_PKG_VERSION"), std::env::consts::OS)
+        ClientInfo::new(
+            "presently-rust",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+        )
     }
 }
 
@@ -497,7 +501,10 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::TooLarge { size, limit } => {
-                write!(f, "frame of {size} bytes is larger than the limit of {limit} bytes")
+                write!(
+                    f,
+                    "frame of {size} bytes is larger than the limit of {limit} bytes"
+                )
             }
             DecodeError::Malformed(why) => write!(f, "malformed message: {why}"),
         }
@@ -615,7 +622,10 @@ impl fmt::Display for ValidationError {
                 "watching {count} users would exceed the limit of {MAX_SUBSCRIPTIONS_PER_SESSION} per session"
             ),
             ValidationError::ClientInfoTooLong(field) => {
-                write!(f, "client {field} is longer than {MAX_CLIENT_INFO_BYTES} bytes")
+                write!(
+                    f,
+                    "client {field} is longer than {MAX_CLIENT_INFO_BYTES} bytes"
+                )
             }
         }
     }
@@ -767,7 +777,11 @@ mod tests {
         ];
         for m in messages {
             let text = m.encode();
-            assert_eq!(ClientMessage::decode(&text, MAX_FRAME_BYTES), Ok(m), "{text}");
+            assert_eq!(
+                ClientMessage::decode(&text, MAX_FRAME_BYTES),
+                Ok(m),
+                "{text}"
+            );
         }
     }
 
@@ -813,7 +827,11 @@ mod tests {
         ];
         for m in messages {
             let text = m.encode();
-            assert_eq!(ServerMessage::decode(&text, MAX_FRAME_BYTES), Ok(m), "{text}");
+            assert_eq!(
+                ServerMessage::decode(&text, MAX_FRAME_BYTES),
+                Ok(m),
+                "{text}"
+            );
         }
     }
 
@@ -918,7 +936,8 @@ mod tests {
             validate_status(&Status::new(Availability::Offline)),
             Err(ValidationError::OfflineNotSettable)
         );
-        let bad_kind = Status::new(Availability::Online).with_activity(Activity::new("In Studio", ""));
+        let bad_kind =
+            Status::new(Availability::Online).with_activity(Activity::new("In Studio", ""));
         assert!(validate_status(&bad_kind).is_err());
         let ctrl = Status::new(Availability::Online).with_message("a\u{0007}");
         assert_eq!(

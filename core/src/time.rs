@@ -68,6 +68,9 @@ mod tests {
             Instant::from_millis(u64::MAX) + Duration::from_secs(1),
             Instant::from_millis(u64::MAX)
         );
-        assert_eq!(Instant::ZERO + Duration::MAX, Instant::from_millis(u64::MAX));
+        assert_eq!(
+            Instant::ZERO + Duration::MAX,
+            Instant::from_millis(u64::MAX)
+        );
     }
 }

@@ -45,8 +45,12 @@ impl Harness {
     /// Drains every output of the client, as a driver would after each input.
     fn drain(&mut self) {
         while let Some(frame) = self.client.poll_transmit() {
-            assert!(self.transport_open, "frame sent without an open transport: {frame}");
-            self.sent.push(serde_json::from_str(&frame).expect("client frames are JSON"));
+            assert!(
+                self.transport_open,
+                "frame sent without an open transport: {frame}"
+            );
+            self.sent
+                .push(serde_json::from_str(&frame).expect("client frames are JSON"));
         }
         while let Some(command) = self.client.poll_transport() {
             match command {
@@ -192,13 +196,19 @@ fn first_frame_is_hello_with_credentials_and_client_info() {
     h.client.connect(h.now);
     h.drain();
     assert_eq!(h.opens, 1);
-    assert_eq!(h.client.state(), &ConnectionState::Connecting { attempt: 1 });
+    assert_eq!(
+        h.client.state(),
+        &ConnectionState::Connecting { attempt: 1 }
+    );
     h.open_transport();
     assert_eq!(h.sent_types(), ["hello"]);
     assert_eq!(h.sent[0]["token"], "secret-token");
     assert_eq!(h.sent[0]["protocol"], 1);
     assert!(h.sent[0]["client"]["name"].is_string());
-    assert!(h.sent[0].get("status").is_none(), "no status set: none sent");
+    assert!(
+        h.sent[0].get("status").is_none(),
+        "no status set: none sent"
+    );
     h.welcome();
     assert_eq!(
         h.client.state(),
@@ -206,7 +216,10 @@ fn first_frame_is_hello_with_credentials_and_client_info() {
             session_id: "s1".into()
         }
     );
-    assert_eq!(h.client.session().unwrap().heartbeat_interval, Duration::from_millis(INTERVAL));
+    assert_eq!(
+        h.client.session().unwrap().heartbeat_interval,
+        Duration::from_millis(INTERVAL)
+    );
 }
 
 #[test]
@@ -214,26 +227,43 @@ fn heartbeat_pings_every_interval_and_inbound_frames_keep_the_link_alive() {
     let mut h = Harness::connected();
     for round in 1..=20 {
         h.advance(INTERVAL);
-        assert_eq!(h.sent_types().last().map(String::as_str), Some("ping"), "round {round}");
+        assert_eq!(
+            h.sent_types().last().map(String::as_str),
+            Some("ping"),
+            "round {round}"
+        );
         // The server answers every ping: any inbound frame counts as life.
         h.receive(ServerMessage::Pong {
             reference: None,
             server_time_ms: None,
         });
     }
-    assert_eq!(h.sent.len(), 20, "exactly one ping per interval, no polling");
-    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    assert_eq!(
+        h.sent.len(),
+        20,
+        "exactly one ping per interval, no polling"
+    );
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
 }
 
 #[test]
 fn sending_other_frames_defers_the_ping() {
     let mut h = Harness::connected();
     h.advance(INTERVAL - 1_000);
-    h.client.set_status(Status::new(Availability::Away), h.now).unwrap();
+    h.client
+        .set_status(Status::new(Availability::Away), h.now)
+        .unwrap();
     // The server's traffic keeps the link alive meanwhile.
     h.client.handle_inbound_activity(h.now);
     h.advance(1_000);
-    assert_eq!(h.sent_types(), ["set_status"], "a frame was sent less than an interval ago");
+    assert_eq!(
+        h.sent_types(),
+        ["set_status"],
+        "a frame was sent less than an interval ago"
+    );
     h.advance(INTERVAL - 1_000);
     assert_eq!(h.sent_types(), ["set_status", "ping"]);
 }
@@ -244,19 +274,33 @@ fn half_open_link_is_detected_after_interval_plus_grace_then_reconnects() {
     let last_inbound = h.now;
     // The server goes silent: pings are sent but nothing comes back.
     h.advance(INTERVAL + GRACE - 1);
-    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
     h.advance(1);
     match h.client.state() {
-        ConnectionState::Reconnecting { attempt, reason, .. } => {
+        ConnectionState::Reconnecting {
+            attempt, reason, ..
+        } => {
             assert_eq!(*attempt, 1);
-            assert!(reason.contains("no frame from the server for 25000 ms"), "{reason}");
+            assert!(
+                reason.contains("no frame from the server for 25000 ms"),
+                "{reason}"
+            );
         }
         other => panic!("expected reconnecting, got {other:?}"),
     }
-    assert_eq!(h.now - last_inbound, Duration::from_millis(INTERVAL + GRACE));
+    assert_eq!(
+        h.now - last_inbound,
+        Duration::from_millis(INTERVAL + GRACE)
+    );
     assert!(!h.transport_open, "the dead transport is closed");
     h.reconnect();
-    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
 }
 
 #[test]
@@ -266,7 +310,10 @@ fn websocket_control_frames_count_as_life() {
         h.advance(INTERVAL);
         h.client.handle_inbound_activity(h.now);
     }
-    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
     assert_eq!(h.client.stats().other_frames, 10);
 }
 
@@ -278,10 +325,14 @@ fn backoff_delays_grow_within_bounds_up_to_the_cap() {
         h.client.connect(h.now);
         h.drain();
         for failures in 1..=12u32 {
-            h.client.handle_transport_closed("connection refused", h.now);
+            h.client
+                .handle_transport_closed("connection refused", h.now);
             h.drain();
             let delay = reconnect_delay(&h);
-            assert!(delay <= policy.ceiling(failures), "seed {seed}, failure {failures}: {delay:?}");
+            assert!(
+                delay <= policy.ceiling(failures),
+                "seed {seed}, failure {failures}: {delay:?}"
+            );
             match h.client.state() {
                 ConnectionState::Reconnecting { attempt, .. } => assert_eq!(*attempt, failures + 1),
                 other => panic!("{other:?}"),
@@ -353,8 +404,14 @@ fn failure_count_resets_after_a_stable_connection() {
         h.drain();
         assert!(reconnect_delay(&h) <= policy.base_delay, "seed {seed}");
     }
-    let above_base = flapping_delays.iter().filter(|d| **d > policy.base_delay).count();
-    assert!(above_base > 40, "{above_base} of 50 flapping delays above the base delay");
+    let above_base = flapping_delays
+        .iter()
+        .filter(|d| **d > policy.base_delay)
+        .count();
+    assert!(
+        above_base > 40,
+        "{above_base} of 50 flapping delays above the base delay"
+    );
 }
 
 #[test]
@@ -388,12 +445,17 @@ fn status_set_while_disconnected_is_sent_exactly_once_in_the_next_hello() {
     h.drain();
     h.sent.clear();
     // Several changes while offline: only the last one matters.
-    h.client.set_status(Status::new(Availability::Busy), h.now).unwrap();
+    h.client
+        .set_status(Status::new(Availability::Busy), h.now)
+        .unwrap();
     h.client
         .set_status(Status::new(Availability::Away).with_message("lunch"), h.now)
         .unwrap();
     h.client
-        .set_status(Status::new(Availability::Busy).with_message("Mixing"), h.now)
+        .set_status(
+            Status::new(Availability::Busy).with_message("Mixing"),
+            h.now,
+        )
         .unwrap();
     assert!(h.sent.is_empty(), "nothing is sent while disconnected");
     h.reconnect();
@@ -423,7 +485,9 @@ fn status_set_during_the_handshake_is_sent_after_welcome() {
     h.client.connect(h.now);
     h.drain();
     h.open_transport();
-    h.client.set_status(Status::new(Availability::Away), h.now).unwrap();
+    h.client
+        .set_status(Status::new(Availability::Away), h.now)
+        .unwrap();
     h.drain();
     assert_eq!(h.sent_types(), ["hello"]);
     h.welcome();
@@ -446,10 +510,17 @@ fn invalid_status_is_rejected_locally_and_changes_nothing() {
     let mut h = Harness::connected();
     let err = h
         .client
-        .set_status(Status::new(Availability::Busy).with_message("x".repeat(201)), h.now)
+        .set_status(
+            Status::new(Availability::Busy).with_message("x".repeat(201)),
+            h.now,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("200"));
-    assert!(h.client.set_status(Status::new(Availability::Offline), h.now).is_err());
+    assert!(
+        h.client
+            .set_status(Status::new(Availability::Offline), h.now)
+            .is_err()
+    );
     h.drain();
     assert!(h.sent.is_empty());
     assert_eq!(h.client.desired_status(), None);
@@ -510,12 +581,19 @@ fn subscriptions_are_restored_after_reconnect_and_the_roster_reconciled() {
         ],
         "only real changes are reported"
     );
-    assert_eq!(h.client.presence("bob").unwrap().version, 5, "the new version is adopted");
+    assert_eq!(
+        h.client.presence("bob").unwrap().version,
+        5,
+        "the new version is adopted"
+    );
     // Updates on the new session follow the new versions.
     h.receive(ServerMessage::Presence {
         user: record("bob", Availability::Away, 7),
     });
-    assert_eq!(h.client.presence("bob").unwrap().availability, Availability::Away);
+    assert_eq!(
+        h.client.presence("bob").unwrap().availability,
+        Availability::Away
+    );
 }
 
 #[test]
@@ -534,7 +612,10 @@ fn stale_and_duplicate_versions_are_dropped() {
     });
     assert!(h.presence_events().is_empty());
     assert_eq!(h.client.stats().stale_updates, 2);
-    assert_eq!(h.client.presence("bob").unwrap().availability, Availability::Online);
+    assert_eq!(
+        h.client.presence("bob").unwrap().availability,
+        Availability::Online
+    );
     h.receive(ServerMessage::Presence {
         user: record("bob", Availability::Busy, 6),
     });
@@ -603,13 +684,11 @@ fn fatal_error_fails_the_client_and_it_never_retries_by_itself() {
             message: "bad signature".into()
         }
     );
-    assert!(h.events.iter().any(|e| matches!(
-        e,
-        Event::ServerError {
-            fatal: true,
-            ..
-        }
-    )));
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, Event::ServerError { fatal: true, .. }))
+    );
     let opens = h.opens;
     h.advance(3_600_000);
     assert_eq!(h.opens, opens, "no retry storm");
@@ -635,7 +714,10 @@ fn known_fatal_codes_are_fatal_even_without_the_flag_and_unknown_codes_are_not()
         fatal: false,
         reference: None,
     });
-    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
     h.receive(ServerMessage::Error {
         code: ErrorCode::TokenExpired,
         message: "expired".into(),
@@ -688,7 +770,10 @@ fn goaway_delay_is_honoured_plus_jitter() {
             reason: Some("restarting".into()),
         });
         assert!(!h.transport_open);
-        let ConnectionState::Reconnecting { retry_at, reason, .. } = h.client.state().clone() else {
+        let ConnectionState::Reconnecting {
+            retry_at, reason, ..
+        } = h.client.state().clone()
+        else {
             panic!("not reconnecting");
         };
         assert!(reason.contains("restarting"));
@@ -716,7 +801,11 @@ fn reconnect_now_skips_the_wait_and_probes_a_live_link() {
     let opens = h.opens;
     h.client.reconnect_now(h.now);
     h.drain();
-    assert_eq!(h.opens, opens + 1, "the network-change hint retries at once");
+    assert_eq!(
+        h.opens,
+        opens + 1,
+        "the network-change hint retries at once"
+    );
     h.open_transport();
     h.welcome();
 
@@ -726,9 +815,15 @@ fn reconnect_now_skips_the_wait_and_probes_a_live_link() {
     h.drain();
     assert_eq!(h.sent_types(), ["ping"]);
     h.advance(4_999);
-    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
     h.advance(1);
-    assert!(matches!(h.client.state(), ConnectionState::Reconnecting { .. }));
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Reconnecting { .. }
+    ));
 
     // A probe that is answered leaves the link alone.
     h.reconnect();
@@ -739,7 +834,10 @@ fn reconnect_now_skips_the_wait_and_probes_a_live_link() {
         server_time_ms: None,
     });
     h.advance(10_000);
-    assert!(matches!(h.client.state(), ConnectionState::Connected { .. }));
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
 }
 
 #[test]
@@ -758,14 +856,20 @@ fn an_attempt_that_never_reaches_welcome_times_out() {
 #[test]
 fn queries_complete_and_fail_on_disconnect() {
     let mut h = Harness::new();
-    assert_eq!(h.client.query(&["bob"], h.now), Err(QueryError::NotConnected));
+    assert_eq!(
+        h.client.query(&["bob"], h.now),
+        Err(QueryError::NotConnected)
+    );
     let mut h = Harness::connected();
     let id = h.client.query(&["bob", "dave"], h.now).unwrap();
     h.drain();
     let reference = h.sent[0]["ref"].as_str().unwrap().to_owned();
     h.receive(ServerMessage::QueryResult {
         reference,
-        users: vec![record("bob", Availability::Busy, 3), Presence::unknown("dave")],
+        users: vec![
+            record("bob", Availability::Busy, 3),
+            Presence::unknown("dave"),
+        ],
     });
     assert!(h.events.iter().any(|e| matches!(
         e,
@@ -807,7 +911,9 @@ fn unsubscribe_forgets_the_user_and_ignores_late_records() {
 #[test]
 fn large_watch_lists_are_split_into_frames_within_the_limits() {
     let mut h = Harness::connected();
-    let users: Vec<String> = (0..2_500).map(|i| format!("user-{i:05}-{}", "x".repeat(100))).collect();
+    let users: Vec<String> = (0..2_500)
+        .map(|i| format!("user-{i:05}-{}", "x".repeat(100)))
+        .collect();
     h.client.subscribe(users.clone(), h.now).unwrap();
     h.client.poll_transmit().map(|_| ()).unwrap();
     // Re-run through a reconnect to check the frames the driver sees.
@@ -825,7 +931,11 @@ fn large_watch_lists_are_split_into_frames_within_the_limits() {
         total += n;
     }
     assert_eq!(total, 2_500);
-    assert!(h.client.subscribe(["x"; 1].iter().map(|s| s.to_string()), h.now).is_ok());
+    assert!(
+        h.client
+            .subscribe(["x"; 1].iter().map(|s| s.to_string()), h.now)
+            .is_ok()
+    );
     let too_many: Vec<String> = (0..8_000).map(|i| format!("more-{i}")).collect();
     assert!(h.client.subscribe(too_many, h.now).is_err());
 }

@@ -1,1 +1,265 @@
+//! # presently-server
+//!
+//! The reference server for Presently protocol v1 (`docs/protocol.md`): in-memory presence, sessions with TTL
+//! expiry of silent clients, fan-out to watchers, queries, HS256 token authentication and a graceful shutdown
+//! that sends `goaway`.
+//!
+//! It runs as the `presently-server` binary or in-process:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use presently_server::{ServerConfig, start};
+//!
+//! let config = ServerConfig::new("127.0.0.1:0".parse()?, b"a secret of at least 16 bytes".to_vec());
+//! let server = start(config).await?;
+//! println!("listening on ws://{}/v1/ws", server.local_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
 
+pub mod auth;
+mod hub;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::response::Response;
+use axum::routing::get;
+use presently_core::protocol::{MAX_FRAME_BYTES, SUBPROTOCOL};
+use tokio::net::TcpSocket;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{AuthError, TokenAuthority};
+pub use hub::ServerStats;
+
+/// The path of the WebSocket endpoint.
+pub const WS_PATH: &str = "/v1/ws";
+
+/// Settings of a server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The HS256 secret tokens are signed with (at least 16 bytes).
+    pub secret: Vec<u8>,
+    /// How often clients must send a frame, announced in `welcome`. Default 15 s.
+    pub heartbeat_interval: Duration,
+    /// How long a silent session lives, announced in `welcome`; at least twice the heartbeat interval.
+    /// Default 45 s.
+    pub session_ttl: Duration,
+    /// How long a new connection may take to send `hello`. Default 10 s.
+    pub hello_timeout: Duration,
+    /// The largest message accepted, in bytes. Default 65,536.
+    pub max_frame_bytes: usize,
+    /// The `reconnect_after_ms` sent in `goaway` when draining. Default 1 s.
+    pub goaway_reconnect_after: Duration,
+    /// Frames queued to one session before it is dropped as a slow consumer. Default 1,024.
+    pub outbound_queue: usize,
+    /// How long [`RunningServer::shutdown`] waits for sessions to end after `goaway`. Default 5 s.
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Default settings for this address and secret.
+    pub fn new(listen: SocketAddr, secret: Vec<u8>) -> Self {
+        ServerConfig {
+            listen,
+            secret,
+            heartbeat_interval: Duration::from_secs(15),
+            session_ttl: Duration::from_secs(45),
+            hello_timeout: Duration::from_secs(10),
+            max_frame_bytes: MAX_FRAME_BYTES,
+            goaway_reconnect_after: Duration::from_secs(1),
+            outbound_queue: 1_024,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Heartbeat interval and TTL together (the TTL must be at least twice the interval).
+    pub fn with_heartbeat(mut self, interval: Duration, session_ttl: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self.session_ttl = session_ttl;
+        self
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The secret is too short.
+    #[error(transparent)]
+    Secret(#[from] auth::WeakSecret),
+    /// The settings contradict each other or the protocol.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+pub(crate) struct Context {
+    config: ServerConfig,
+    auth: TokenAuthority,
+    hub: hub::Hub,
+    /// Cancelled to drain: sessions send goaway and close.
+    drain: CancellationToken,
+    /// Cancelled to stop at once, as if the process died.
+    kill: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A server running in this process.
+pub struct RunningServer {
+    addr: SocketAddr,
+    ctx: Arc<Context>,
+    serve: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// Binds the address and starts serving on the current tokio runtime.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    let auth = TokenAuthority::new(&config.secret)?;
+    if config.session_ttl < config.heartbeat_interval * 2 {
+        return Err(StartError::Config(format!(
+            "the session TTL ({} ms) must be at least twice the heartbeat interval ({} ms)",
+            config.session_ttl.as_millis(),
+            config.heartbeat_interval.as_millis()
+        )));
+    }
+    if config.heartbeat_interval.is_zero()
+        || config.max_frame_bytes < 1_024
+        || config.outbound_queue == 0
+    {
+        return Err(StartError::Config(
+            "heartbeat interval, frame limit (>= 1024 bytes) and outbound queue must be positive"
+                .into(),
+        ));
+    }
+    let listen = config.listen;
+    let bind_error = |source| StartError::Bind {
+        addr: listen,
+        source,
+    };
+    let socket = if listen.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    // Restarting on the same port right after a stop must work (connections may linger in TIME_WAIT).
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(listen).map_err(bind_error)?;
+    let listener = socket.listen(1_024).map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+
+    let ctx = Arc::new(Context {
+        config,
+        auth,
+        hub: hub::Hub::default(),
+        drain: CancellationToken::new(),
+        kill: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    });
+    let app = Router::new()
+        .route(WS_PATH, get(upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(ctx.clone());
+    let stop = {
+        let (drain, kill) = (ctx.drain.clone(), ctx.kill.clone());
+        async move {
+            tokio::select! {
+                _ = drain.cancelled() => {}
+                _ = kill.cancelled() => {}
+            }
+        }
+    };
+    let serve = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "server stopped with an error");
+        }
+    });
+    tracing::info!(%addr, "listening");
+    Ok(RunningServer { addr, ctx, serve })
+}
+
+async fn upgrade(State(ctx): State<Arc<Context>>, ws: WebSocketUpgrade) -> Response {
+    // Messages above the protocol limit are answered with `frame_too_large`; far above it the WebSocket layer
+    // drops the connection without reading them whole.
+    let hard_limit = ctx.config.max_frame_bytes.saturating_mul(4);
+    ws.protocols([SUBPROTOCOL])
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| {
+            let tracker = ctx.tracker.clone();
+            tracker.track_future(session::run(socket, ctx))
+        })
+}
+
+impl RunningServer {
+    /// The address the server listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The WebSocket URL of this server, `ws://ADDR/v1/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{WS_PATH}", self.addr)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ServerStats {
+        self.ctx.hub.stats()
+    }
+
+    /// A token for `user_id` signed with this server's secret, valid for `ttl`.
+    pub fn mint_token(&self, user_id: &str, ttl: Duration) -> Result<String, AuthError> {
+        self.ctx.auth.mint(user_id, ttl)
+    }
+
+    /// Drains: stops accepting, sends `goaway` to every session, waits for them to close (at most the drain
+    /// timeout), then stops.
+    pub async fn shutdown(self) {
+        self.ctx.drain.cancel();
+        self.ctx.tracker.close();
+        if tokio::time::timeout(self.ctx.config.drain_timeout, self.ctx.tracker.wait())
+            .await
+            .is_err()
+        {
+            self.ctx.kill.cancel();
+            self.ctx.tracker.wait().await;
+        }
+        let _ = self.serve.await;
+    }
+
+    /// Stops at once, as if the process had died: connections are dropped without `goaway` or close frames.
+    pub async fn kill(self) {
+        self.ctx.kill.cancel();
+        self.ctx.tracker.close();
+        self.ctx.tracker.wait().await;
+        self.serve.abort();
+        let _ = self.serve.await;
+    }
+}

@@ -1,1 +1,122 @@
-fn main(){}
+//! `presently-server`: the reference presence server.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use presently_server::{ServerConfig, TokenAuthority, WS_PATH, start};
+
+/// The Presently reference server: presence protocol v1 over WebSocket (see docs/protocol.md).
+#[derive(Parser, Debug)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve presence (the default when no command is given).
+    Serve(ServeArgs),
+    /// Print a token for a user, signed with the secret (for development and tests).
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PRESENTLY_LISTEN", default_value = "127.0.0.1:7420")]
+    listen: SocketAddr,
+    /// HS256 secret that signs client tokens (at least 16 bytes).
+    #[arg(long, env = "PRESENTLY_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// How often clients must send a frame, in milliseconds.
+    #[arg(long, default_value_t = 15_000)]
+    heartbeat_interval_ms: u64,
+    /// How long a silent session lives, in milliseconds (at least twice the heartbeat interval).
+    #[arg(long, default_value_t = 45_000)]
+    session_ttl_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The user id the token names.
+    #[arg(long)]
+    user: String,
+    /// How long the token is valid, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    ttl_secs: u64,
+    /// HS256 secret (the server's).
+    #[arg(long, env = "PRESENTLY_SECRET", hide_env_values = true)]
+    secret: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "presently_server=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => token(args),
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve).await,
+    }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    let result = TokenAuthority::new(args.secret.as_bytes())
+        .map_err(|e| e.to_string())
+        .and_then(|auth| {
+            auth.mint(&args.user, Duration::from_secs(args.ttl_secs))
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let Some(secret) = args.secret else {
+        eprintln!(
+            "error: a token secret is required: pass --secret or set PRESENTLY_SECRET (at least 16 bytes)"
+        );
+        return ExitCode::FAILURE;
+    };
+    let config = ServerConfig::new(args.listen, secret.into_bytes()).with_heartbeat(
+        Duration::from_millis(args.heartbeat_interval_ms),
+        Duration::from_millis(args.session_ttl_ms),
+    );
+    let server = match start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "presently-server {} listening on ws://{}{WS_PATH} (Ctrl-C to drain and stop)",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr()
+    );
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        eprintln!("error: cannot wait for Ctrl-C: {e}");
+    }
+    eprintln!("draining: sending goaway to every session");
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}

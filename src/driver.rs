@@ -1,0 +1,315 @@
+//! The tokio driver: moves bytes and timers between a WebSocket and the sans-IO core. It decides nothing —
+//! every decision (when to connect, ping, give up on a link, retry) is the core's.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::SplitStream;
+use futures_util::{SinkExt, StreamExt};
+use presently_core::protocol::SUBPROTOCOL;
+use presently_core::{Event, TransportCommand};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::{HARD_INBOUND_LIMIT, Shared};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Opening = Pin<Box<dyn Future<Output = Result<Ws, String>> + Send>>;
+
+/// Frames waiting for the socket before the connection is considered stuck.
+const WRITE_QUEUE: usize = 256;
+/// How long a closing connection may take to flush `bye` and the close frame.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where to connect.
+pub(crate) struct Target {
+    pub(crate) url: String,
+    #[cfg(feature = "rustls")]
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    #[cfg(not(feature = "rustls"))]
+    pub(crate) tls: Option<()>,
+}
+
+/// The default TLS settings: rustls with the ring provider and the webpki root certificates.
+#[cfg(feature = "rustls")]
+pub(crate) fn default_tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// An open connection: the read half here, the write half in its own task behind a bounded queue.
+struct Connection {
+    reader: SplitStream<Ws>,
+    writer: mpsc::Sender<Message>,
+    /// Resolves when the writer failed (the connection is unusable); `None` once it has resolved.
+    writer_failed: Option<tokio::sync::oneshot::Receiver<String>>,
+}
+
+impl Connection {
+    fn start(ws: Ws, shared: &Arc<Shared>) -> Self {
+        let (mut sink, reader) = ws.split();
+        let (writer, mut queue) = mpsc::channel::<Message>(WRITE_QUEUE);
+        let (failed_tx, writer_failed) = tokio::sync::oneshot::channel();
+        shared.open_writers.send_modify(|n| *n += 1);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut failure = None;
+            while let Some(message) = queue.recv().await {
+                if let Err(e) = sink.send(message).await {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+            match failure {
+                Some(reason) => {
+                    let _ = failed_tx.send(reason);
+                }
+                // The connection was dropped by the driver: flush what was queued and close politely.
+                None => {
+                    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, sink.close()).await;
+                }
+            }
+            shared.open_writers.send_modify(|n| *n -= 1);
+        });
+        Connection {
+            reader,
+            writer,
+            writer_failed: Some(writer_failed),
+        }
+    }
+
+    /// Queues a frame; `false` if the writer cannot take it (failed, or stuck behind a full queue).
+    fn send(&self, frame: String) -> bool {
+        self.writer.try_send(Message::Text(frame.into())).is_ok()
+    }
+}
+
+fn open(target: &Target) -> Opening {
+    let url = target.url.clone();
+    let tls = target.tls.clone();
+    Box::pin(async move {
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| format!("invalid request: {e}"))?;
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(HARD_INBOUND_LIMIT))
+            .max_frame_size(Some(HARD_INBOUND_LIMIT));
+        #[cfg(feature = "rustls")]
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        #[cfg(not(feature = "rustls"))]
+        let connector: Option<tokio_tungstenite::Connector> = {
+            let _ = tls;
+            None
+        };
+        let (ws, response) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            connector,
+        )
+        .await
+        .map_err(describe)?;
+        let selected = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok());
+        if selected != Some(SUBPROTOCOL) {
+            return Err(format!(
+                "the server did not select the {SUBPROTOCOL} subprotocol"
+            ));
+        }
+        Ok(ws)
+    })
+}
+
+fn describe(e: tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Io(io) => format!("cannot reach the server: {io}"),
+        tungstenite::Error::Http(response) => {
+            format!(
+                "the server answered HTTP {} instead of a WebSocket",
+                response.status()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// What the driver waits for next.
+enum Input {
+    Wake,
+    Timeout,
+    Opened(Result<Ws, String>),
+    Inbound(Option<Result<Message, tungstenite::Error>>),
+    WriterFailed(String),
+}
+
+/// The driver task: runs until every client handle is dropped.
+pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
+    let mut connection: Option<Connection> = None;
+    let mut opening: Option<Opening> = None;
+    loop {
+        // Act on everything the core wants, in order: frames, transport commands, events; then the timer.
+        let (deadline, shutdown) = {
+            let mut inner = shared.lock();
+            if inner.shutdown {
+                let now = shared.now();
+                inner.core.close(now);
+            }
+            while let Some(frame) = inner.core.poll_transmit() {
+                if let Some(conn) = &connection {
+                    if !conn.send(frame) {
+                        let now = shared.now();
+                        connection = None;
+                        inner.core.handle_transport_closed(
+                            "the connection stopped accepting writes",
+                            now,
+                        );
+                    }
+                }
+            }
+            while let Some(command) = inner.core.poll_transport() {
+                match command {
+                    TransportCommand::Open => {
+                        connection = None;
+                        opening = Some(open(&target));
+                    }
+                    TransportCommand::Close => {
+                        // Dropping the connection lets its writer flush (bye) and close.
+                        connection = None;
+                        opening = None;
+                    }
+                }
+            }
+            while let Some(event) = inner.core.poll_event() {
+                match event {
+                    Event::QueryCompleted { query_id, result } => {
+                        if let Some(reply) = inner.queries.remove(&query_id) {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    event => {
+                        if let Event::StateChanged { current, .. } = &event {
+                            shared.state.send_replace(current.clone());
+                        }
+                        let _ = shared.events.send(event);
+                    }
+                }
+            }
+            let deadline = inner
+                .core
+                .poll_timeout()
+                .map(|t| shared.origin + Duration::from_millis(t.as_millis()));
+            (deadline, inner.shutdown)
+        };
+        if shutdown {
+            return;
+        }
+
+        let input = tokio::select! {
+            _ = shared.wake.notified() => Input::Wake,
+            _ = sleep_until(deadline) => Input::Timeout,
+            opened = maybe(opening.as_mut()) => Input::Opened(opened),
+            input = connection_input(connection.as_mut()) => input,
+        };
+
+        let now = shared.now();
+        let mut inner = shared.lock();
+        let core = &mut inner.core;
+        match input {
+            Input::Wake => {}
+            Input::Timeout => core.handle_timeout(now),
+            Input::Opened(Ok(ws)) => {
+                opening = None;
+                connection = Some(Connection::start(ws, &shared));
+                core.handle_transport_open(now);
+            }
+            Input::Opened(Err(reason)) => {
+                opening = None;
+                core.handle_transport_closed(&reason, now);
+            }
+            Input::Inbound(Some(Ok(Message::Text(text)))) => core.handle_frame(text.as_str(), now),
+            Input::Inbound(Some(Ok(Message::Close(frame)))) => {
+                connection = None;
+                let reason = frame.map_or_else(
+                    || "the server closed the connection".to_owned(),
+                    |f| {
+                        format!(
+                            "the server closed the connection ({}: {})",
+                            u16::from(f.code),
+                            f.reason
+                        )
+                    },
+                );
+                core.handle_transport_closed(&reason, now);
+            }
+            Input::Inbound(Some(Ok(_))) => core.handle_inbound_activity(now),
+            Input::Inbound(Some(Err(e))) => {
+                connection = None;
+                core.handle_transport_closed(&format!("connection error: {e}"), now);
+            }
+            Input::Inbound(None) => {
+                connection = None;
+                core.handle_transport_closed("the connection ended", now);
+            }
+            Input::WriterFailed(reason) => {
+                connection = None;
+                core.handle_transport_closed(&format!("write failed: {reason}"), now);
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn maybe(opening: Option<&mut Opening>) -> Result<Ws, String> {
+    match opening {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next inbound message of the connection, or the failure of its writer.
+async fn connection_input(connection: Option<&mut Connection>) -> Input {
+    let Some(conn) = connection else {
+        return std::future::pending().await;
+    };
+    let Some(writer_failed) = conn.writer_failed.as_mut() else {
+        return Input::Inbound(conn.reader.next().await);
+    };
+    let outcome = tokio::select! {
+        inbound = conn.reader.next() => return Input::Inbound(inbound),
+        failed = writer_failed => failed,
+    };
+    conn.writer_failed = None;
+    match outcome {
+        Ok(reason) => Input::WriterFailed(reason),
+        // The writer ended without failing, which only happens once the connection is dropped: keep reading.
+        Err(_) => Input::Inbound(conn.reader.next().await),
+    }
+}
