@@ -159,7 +159,7 @@ fn describe(e: tungstenite::Error) -> String {
 enum Input {
     Wake,
     Timeout,
-    Opened(Result<Ws, String>),
+    Opened(Result<Box<Ws>, String>),
     Inbound(Option<Result<Message, tungstenite::Error>>),
     WriterFailed(String),
 }
@@ -177,15 +177,14 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                 inner.core.close(now);
             }
             while let Some(frame) = inner.core.poll_transmit() {
-                if let Some(conn) = &connection {
-                    if !conn.send(frame) {
-                        let now = shared.now();
-                        connection = None;
-                        inner.core.handle_transport_closed(
-                            "the connection stopped accepting writes",
-                            now,
-                        );
-                    }
+                if let Some(conn) = &connection
+                    && !conn.send(frame)
+                {
+                    let now = shared.now();
+                    connection = None;
+                    inner
+                        .core
+                        .handle_transport_closed("the connection stopped accepting writes", now);
                 }
             }
             while let Some(command) = inner.core.poll_transport() {
@@ -229,7 +228,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
         let input = tokio::select! {
             _ = shared.wake.notified() => Input::Wake,
             _ = sleep_until(deadline) => Input::Timeout,
-            opened = maybe(opening.as_mut()) => Input::Opened(opened),
+            opened = maybe(opening.as_mut()) => Input::Opened(opened.map(Box::new)),
             input = connection_input(connection.as_mut()) => input,
         };
 
@@ -241,7 +240,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             Input::Timeout => core.handle_timeout(now),
             Input::Opened(Ok(ws)) => {
                 opening = None;
-                connection = Some(Connection::start(ws, &shared));
+                connection = Some(Connection::start(*ws, &shared));
                 core.handle_transport_open(now);
             }
             Input::Opened(Err(reason)) => {

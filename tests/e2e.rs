@@ -261,6 +261,7 @@ async fn a_half_open_link_is_detected_within_interval_plus_grace_and_recovered()
 }
 
 /// A server that speaks enough of the protocol to welcome a client, then misbehaves.
+#[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
 async fn hostile_server(listener: TcpListener) {
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     let mut connection = 0;

@@ -519,11 +519,9 @@ impl Client {
     pub fn reconnect_now(&mut self, now: Instant) {
         match self.link {
             Link::Waiting { .. } => self.start_attempt(now),
-            Link::Connected => {
-                if self.probe_deadline.is_none() {
-                    self.probe_deadline = Some(now + self.config.probe_timeout);
-                    self.send(ClientMessage::Ping { reference: None }, now);
-                }
+            Link::Connected if self.probe_deadline.is_none() => {
+                self.probe_deadline = Some(now + self.config.probe_timeout);
+                self.send(ClientMessage::Ping { reference: None }, now);
             }
             _ => {}
         }

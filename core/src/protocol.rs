@@ -725,10 +725,10 @@ pub fn normalize_status(mut status: Status) -> Status {
     if status.message.as_deref() == Some("") {
         status.message = None;
     }
-    if let Some(activity) = &mut status.activity {
-        if activity.detail.as_deref() == Some("") {
-            activity.detail = None;
-        }
+    if let Some(activity) = &mut status.activity
+        && activity.detail.as_deref() == Some("")
+    {
+        activity.detail = None;
     }
     status
 }

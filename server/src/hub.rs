@@ -239,9 +239,7 @@ impl Hub {
     pub(crate) fn subscribe(&self, session_id: u64, users: Vec<String>) -> Option<ErrorCode> {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let Some(session) = state.sessions.get_mut(&session_id) else {
-            return None;
-        };
+        let session = state.sessions.get_mut(&session_id)?;
         let mut listed = HashSet::new();
         let mut records = Vec::new();
         let mut cut_short = None;
@@ -278,12 +276,12 @@ impl Hub {
             return;
         };
         for user_id in users {
-            if session.watching.remove(user_id) {
-                if let Some(user) = state.users.get_mut(user_id) {
-                    user.watchers.remove(&session_id);
-                    if user.forgettable() {
-                        state.users.remove(user_id);
-                    }
+            if session.watching.remove(user_id)
+                && let Some(user) = state.users.get_mut(user_id)
+            {
+                user.watchers.remove(&session_id);
+                if user.forgettable() {
+                    state.users.remove(user_id);
                 }
             }
         }

@@ -1,0 +1,495 @@
+//! The reference server against docs/protocol.md, spoken to frame by frame by a bare WebSocket client.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use presently_server::{RunningServer, ServerConfig, TokenAuthority};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const SECRET: &[u8] = b"protocol test secret of 32 bytes";
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn config() -> ServerConfig {
+    let mut c = ServerConfig::new("127.0.0.1:0".parse().unwrap(), SECRET.to_vec())
+        .with_heartbeat(Duration::from_millis(300), Duration::from_millis(900));
+    c.hello_timeout = Duration::from_millis(300);
+    c
+}
+
+async fn server_with(config: ServerConfig) -> RunningServer {
+    presently_server::start(config).await.unwrap()
+}
+
+async fn server() -> RunningServer {
+    server_with(config()).await
+}
+
+fn token(user: &str) -> String {
+    TokenAuthority::new(SECRET)
+        .unwrap()
+        .mint(user, Duration::from_secs(60))
+        .unwrap()
+}
+
+struct Raw {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    subprotocol: Option<String>,
+}
+
+impl Raw {
+    async fn connect(server: &RunningServer) -> Raw {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "presently.v1".parse().unwrap());
+        let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let subprotocol = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        Raw { ws, subprotocol }
+    }
+
+    async fn send(&mut self, value: Value) {
+        self.ws
+            .send(Message::text(value.to_string()))
+            .await
+            .unwrap();
+    }
+
+    async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next JSON frame (control frames skipped).
+    async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("no error");
+            match message {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    async fn closed(&mut self) -> Option<CloseCode> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    async fn hello(&mut self, user: &str, status: Option<Value>) -> Value {
+        let mut hello = json!({
+            "type": "hello", "protocol": 1, "token": token(user),
+            "client": {"name": "raw", "version": "1", "platform": "test"}
+        });
+        if let Some(status) = status {
+            hello["status"] = status;
+        }
+        self.send(hello).await;
+        let welcome = self.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        welcome
+    }
+
+    async fn session(server: &RunningServer, user: &str) -> Raw {
+        let mut raw = Raw::connect(server).await;
+        raw.hello(user, None).await;
+        raw
+    }
+
+    async fn subscribe(&mut self, users: &[&str]) -> Value {
+        self.send(json!({"type": "subscribe", "users": users}))
+            .await;
+        let snapshot = self.recv().await;
+        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+        snapshot
+    }
+
+    /// The next presence update for `user`.
+    async fn update(&mut self) -> Value {
+        let frame = self.recv().await;
+        assert_eq!(frame["type"], "presence", "{frame}");
+        frame["user"].clone()
+    }
+}
+
+#[tokio::test]
+async fn hello_is_answered_with_welcome_and_the_subprotocol_is_selected() {
+    let server = server().await;
+    let mut raw = Raw::connect(&server).await;
+    assert_eq!(raw.subprotocol.as_deref(), Some("presently.v1"));
+    let welcome = raw.hello("alice", None).await;
+    assert_eq!(welcome["protocol"], 1);
+    assert_eq!(welcome["user_id"], "alice");
+    assert_eq!(welcome["heartbeat_interval_ms"], 300);
+    assert_eq!(welcome["session_ttl_ms"], 900);
+    assert_eq!(welcome["max_frame_bytes"], 65_536);
+    assert!(
+        welcome["session_id"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    assert_eq!(welcome["server"]["name"], "presently-server");
+}
+
+#[tokio::test]
+async fn fatal_handshake_errors_close_the_connection() {
+    let server = server().await;
+    let cases = [
+        (json!({"type": "ping"}), "hello_required"),
+        (
+            json!({"type": "hello", "protocol": 2, "token": token("a"), "client": {"name": "x", "version": "1", "platform": "p"}}),
+            "unsupported_protocol",
+        ),
+        (
+            json!({"type": "hello", "protocol": 1, "token": "nope", "client": {"name": "x", "version": "1", "platform": "p"}}),
+            "invalid_token",
+        ),
+        (json!({"type": "hello", "protocol": 1}), "hello_required"),
+    ];
+    for (first, code) in cases {
+        let mut raw = Raw::connect(&server).await;
+        raw.send(first).await;
+        let error = raw.recv().await;
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["code"], code, "{error}");
+        assert_eq!(error["fatal"], true, "{error}");
+        assert_eq!(raw.closed().await, Some(CloseCode::Policy));
+    }
+    assert_eq!(server.stats().sessions_started, 0);
+}
+
+#[tokio::test]
+async fn a_client_that_never_says_hello_is_timed_out() {
+    let server = server().await;
+    let mut raw = Raw::connect(&server).await;
+    let error = raw.recv().await;
+    assert_eq!(error["code"], "hello_timeout");
+    assert_eq!(error["fatal"], false);
+    assert_eq!(raw.closed().await, Some(CloseCode::Policy));
+}
+
+#[tokio::test]
+async fn ping_is_answered_and_bad_or_unknown_messages_do_not_end_the_session() {
+    let server = server().await;
+    let mut raw = Raw::session(&server, "alice").await;
+    raw.send(json!({"type": "ping", "ref": "p1"})).await;
+    let pong = raw.recv().await;
+    assert_eq!(pong["type"], "pong");
+    assert_eq!(pong["ref"], "p1");
+    assert!(pong["server_time_ms"].as_u64().is_some());
+
+    raw.send_text("{not json".into()).await;
+    let error = raw.recv().await;
+    assert_eq!(
+        (error["code"].as_str(), error["fatal"].as_bool()),
+        (Some("invalid_message"), Some(false))
+    );
+    raw.send(json!({"type": "set_status"})).await;
+    assert_eq!(raw.recv().await["code"], "invalid_message");
+    // Unknown types and unknown fields are ignored silently.
+    raw.send(json!({"type": "typing", "conversation": "c1"}))
+        .await;
+    raw.send(json!({"type": "ping", "ref": "p2", "future_field": {"a": 1}}))
+        .await;
+    let pong = raw.recv().await;
+    assert_eq!(
+        (pong["type"].as_str(), pong["ref"].as_str()),
+        (Some("pong"), Some("p2"))
+    );
+    // Binary frames are ignored too.
+    raw.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    raw.send(json!({"type": "ping", "ref": "p3"})).await;
+    assert_eq!(raw.recv().await["ref"], "p3");
+}
+
+#[tokio::test]
+async fn subscribe_answers_with_a_snapshot_before_any_update() {
+    let server = server().await;
+    let mut bob = Raw::connect(&server).await;
+    bob.hello("bob", Some(json!({"availability": "busy", "message": "Mixing", "activity": {"kind": "in_studio", "detail": "Ableton Live 12"}}))).await;
+    let mut alice = Raw::session(&server, "alice").await;
+    let snapshot = alice.subscribe(&["bob", "dave", "bob"]).await;
+    let users = snapshot["users"].as_array().unwrap();
+    assert_eq!(users.len(), 2, "duplicates removed: {snapshot}");
+    assert_eq!(users[0]["user_id"], "bob");
+    assert_eq!(users[0]["availability"], "busy");
+    assert_eq!(users[0]["message"], "Mixing");
+    assert_eq!(
+        users[0]["activity"],
+        json!({"kind": "in_studio", "detail": "Ableton Live 12"})
+    );
+    assert!(users[0]["since"].as_u64().is_some() && users[0]["last_active_at"].as_u64().is_some());
+    assert_eq!(
+        users[1],
+        json!({"user_id": "dave", "availability": "offline", "message": null, "activity": null, "last_active_at": null, "since": null, "version": 0})
+    );
+    let v0 = users[0]["version"].as_u64().unwrap();
+
+    bob.send(json!({"type": "set_status", "availability": "away", "message": "lunch"}))
+        .await;
+    let update = alice.update().await;
+    assert_eq!(
+        (update["availability"].as_str(), update["message"].as_str()),
+        (Some("away"), Some("lunch"))
+    );
+    assert_eq!(update["activity"], Value::Null, "absent fields are cleared");
+    let v1 = update["version"].as_u64().unwrap();
+    assert!(v1 > v0);
+    // An identical set_status changes nothing and sends nothing; the next real change does.
+    bob.send(json!({"type": "set_status", "availability": "away", "message": "lunch"}))
+        .await;
+    bob.send(json!({"type": "set_status", "availability": "online"}))
+        .await;
+    let update = alice.update().await;
+    assert_eq!(update["availability"], "online");
+    assert!(update["version"].as_u64().unwrap() > v1);
+
+    // Unsubscribed: no more updates (the next frame alice gets is her own pong).
+    alice
+        .send(json!({"type": "unsubscribe", "users": ["bob"]}))
+        .await;
+    alice.send(json!({"type": "ping", "ref": "sync"})).await;
+    assert_eq!(alice.recv().await["ref"], "sync");
+    bob.send(json!({"type": "set_status", "availability": "busy"}))
+        .await;
+    bob.send(json!({"type": "ping", "ref": "b"})).await;
+    assert_eq!(bob.recv().await["ref"], "b");
+    alice.send(json!({"type": "ping", "ref": "after"})).await;
+    assert_eq!(alice.recv().await["ref"], "after");
+}
+
+#[tokio::test]
+async fn invalid_requests_get_specific_non_fatal_errors() {
+    let server = server().await;
+    let mut raw = Raw::session(&server, "alice").await;
+    raw.send(json!({"type": "set_status", "ref": "s1", "availability": "busy", "message": "x".repeat(201)})).await;
+    let error = raw.recv().await;
+    assert_eq!(
+        (
+            error["code"].as_str(),
+            error["ref"].as_str(),
+            error["fatal"].as_bool()
+        ),
+        (Some("invalid_status"), Some("s1"), Some(false))
+    );
+    assert!(error["message"].as_str().unwrap().contains("200"));
+    raw.send(json!({"type": "set_status", "availability": "offline"}))
+        .await;
+    assert_eq!(raw.recv().await["code"], "invalid_status");
+    let many: Vec<String> = (0..1_001).map(|i| format!("u{i}")).collect();
+    raw.send(json!({"type": "subscribe", "users": many})).await;
+    assert_eq!(raw.recv().await["code"], "too_many_users");
+    raw.send(json!({"type": "subscribe", "users": ["ok", ""]}))
+        .await;
+    assert_eq!(raw.recv().await["code"], "invalid_user_id");
+    raw.send(json!({"type": "query", "ref": "q1", "users": ["a\u{1}"]}))
+        .await;
+    let error = raw.recv().await;
+    assert_eq!(
+        (error["code"].as_str(), error["ref"].as_str()),
+        (Some("invalid_user_id"), Some("q1"))
+    );
+    // Still in business.
+    raw.send(json!({"type": "query", "ref": "q2", "users": ["zed"]}))
+        .await;
+    let result = raw.recv().await;
+    assert_eq!(result["type"], "query_result");
+    assert_eq!(result["ref"], "q2");
+    assert_eq!(result["users"][0]["user_id"], "zed");
+}
+
+#[tokio::test]
+async fn an_invalid_initial_status_starts_the_session_online_and_says_why() {
+    let server = server().await;
+    let mut raw = Raw::connect(&server).await;
+    raw.hello(
+        "alice",
+        Some(json!({"availability": "busy", "activity": {"kind": "Not Valid"}})),
+    )
+    .await;
+    let error = raw.recv().await;
+    assert_eq!(error["code"], "invalid_status");
+    raw.send(json!({"type": "query", "ref": "q", "users": ["alice"]}))
+        .await;
+    assert_eq!(raw.recv().await["users"][0]["availability"], "online");
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_and_the_connection_closed() {
+    let server = server().await;
+    let mut raw = Raw::session(&server, "alice").await;
+    raw.send_text(format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(70_000)
+    ))
+    .await;
+    let error = raw.recv().await;
+    assert_eq!(error["code"], "frame_too_large");
+    assert_eq!(raw.closed().await, Some(CloseCode::Size));
+}
+
+#[tokio::test]
+async fn a_silent_session_expires_after_its_ttl_and_watchers_see_the_user_offline() {
+    let server = server().await;
+    let mut watcher = Raw::session(&server, "alice").await;
+    watcher.subscribe(&["bob"]).await;
+    let mut bob = Raw::session(&server, "bob").await;
+    let online = watcher.update().await;
+    assert_eq!(online["availability"], "online");
+    let silent_since = std::time::Instant::now();
+    // Bob says nothing more; alice keeps her own session alive with pings.
+    let offline = loop {
+        watcher.send(json!({"type": "ping"})).await;
+        let frame = watcher.recv().await;
+        if frame["type"] == "presence" {
+            break frame["user"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let expired_after = silent_since.elapsed();
+    assert_eq!(offline["availability"], "offline");
+    assert!(
+        expired_after >= Duration::from_millis(850),
+        "expired early: {expired_after:?}"
+    );
+    assert!(expired_after < Duration::from_millis(900) + PATIENCE);
+    // last_active_at is when bob's last frame arrived, not when the TTL ran out.
+    let last_active = offline["last_active_at"].as_u64().unwrap();
+    let since = offline["since"].as_u64().unwrap();
+    assert!(
+        since >= last_active + 800,
+        "last active {last_active}, offline since {since}"
+    );
+    assert_eq!(bob.recv().await["code"], "session_expired");
+    assert_eq!(server.stats().sessions_active, 1);
+}
+
+#[tokio::test]
+async fn bye_makes_the_user_offline_at_once() {
+    let server = server().await;
+    let mut watcher = Raw::session(&server, "alice").await;
+    watcher.subscribe(&["bob"]).await;
+    let mut bob = Raw::session(&server, "bob").await;
+    assert_eq!(watcher.update().await["availability"], "online");
+    bob.send(json!({"type": "bye"})).await;
+    assert_eq!(bob.closed().await, Some(CloseCode::Normal));
+    assert_eq!(watcher.update().await["availability"], "offline");
+}
+
+#[tokio::test]
+async fn a_user_with_several_sessions_stays_online_until_the_last_one_ends() {
+    let server = server().await;
+    let mut watcher = Raw::session(&server, "alice").await;
+    watcher.subscribe(&["bob"]).await;
+    let mut plugin = Raw::session(&server, "bob").await;
+    assert_eq!(watcher.update().await["availability"], "online");
+    let mut phone = Raw::session(&server, "bob").await;
+    let _another_device = watcher.update().await; // last_active_at moved
+    // An explicit choice on one device is user-wide.
+    phone
+        .send(json!({"type": "set_status", "availability": "busy"}))
+        .await;
+    assert_eq!(watcher.update().await["availability"], "busy");
+    plugin.send(json!({"type": "bye"})).await;
+    plugin.closed().await;
+    phone.send(json!({"type": "ping", "ref": "x"})).await;
+    assert_eq!(phone.recv().await["ref"], "x");
+    watcher
+        .send(json!({"type": "query", "ref": "q", "users": ["bob"]}))
+        .await;
+    let result = watcher.recv().await;
+    assert_eq!(
+        result["users"][0]["availability"], "busy",
+        "still online through the phone: {result}"
+    );
+    phone.send(json!({"type": "bye"})).await;
+    assert_eq!(watcher.update().await["availability"], "offline");
+}
+
+#[tokio::test]
+async fn versions_keep_increasing_across_a_restart() {
+    let server = server().await;
+    let addr = server.local_addr();
+    let mut bob = Raw::session(&server, "bob").await;
+    bob.send(json!({"type": "query", "ref": "q", "users": ["bob"]}))
+        .await;
+    let before = bob.recv().await["users"][0]["version"].as_u64().unwrap();
+    server.kill().await;
+    let mut c = config();
+    c.listen = addr;
+    let server = server_with(c).await;
+    let mut bob = Raw::session(&server, "bob").await;
+    bob.send(json!({"type": "query", "ref": "q", "users": ["bob"]}))
+        .await;
+    let after = bob.recv().await["users"][0]["version"].as_u64().unwrap();
+    assert!(after > before, "{after} <= {before}");
+}
+
+#[tokio::test]
+async fn draining_sends_goaway_then_closes() {
+    let server = server().await;
+    let mut raw = Raw::session(&server, "alice").await;
+    let drained = tokio::spawn(server.shutdown());
+    let goaway = raw.recv().await;
+    assert_eq!(goaway["type"], "goaway");
+    assert!(goaway["reconnect_after_ms"].as_u64().is_some());
+    assert_eq!(raw.closed().await, Some(CloseCode::Away));
+    drained.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_instead_of_buffered_without_bound() {
+    let mut c = config();
+    c.outbound_queue = 8;
+    c.heartbeat_interval = Duration::from_secs(10);
+    c.session_ttl = Duration::from_secs(30);
+    let server = server_with(c).await;
+    let mut sleeper = Raw::session(&server, "sleeper").await;
+    sleeper.subscribe(&["bob"]).await;
+    // The sleeper never reads again. Bob changes status until the sleeper's socket buffers and queue are full.
+    let mut bob = Raw::session(&server, "bob").await;
+    let long = "m".repeat(200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut sent = 0u64;
+    while server.stats().slow_consumers == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dropped after {sent} updates"
+        );
+        for _ in 0..100 {
+            let availability = if sent.is_multiple_of(2) { "busy" } else { "away" };
+            bob.send(json!({"type": "set_status", "availability": availability, "message": long}))
+                .await;
+            sent += 1;
+        }
+        bob.send(json!({"type": "ping", "ref": "sync"})).await;
+        while bob.recv().await["ref"] != "sync" {}
+    }
+    let wait = tokio::time::Instant::now() + PATIENCE;
+    while server.stats().sessions_active != 1 {
+        assert!(tokio::time::Instant::now() < wait, "{:?}", server.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("slow consumer dropped after {sent} updates");
+    drop(sleeper);
+}
