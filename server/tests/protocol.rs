@@ -477,7 +477,11 @@ async fn a_client_that_stops_reading_is_dropped_instead_of_buffered_without_boun
             "never dropped after {sent} updates"
         );
         for _ in 0..100 {
-            let availability = if sent.is_multiple_of(2) { "busy" } else { "away" };
+            let availability = if sent.is_multiple_of(2) {
+                "busy"
+            } else {
+                "away"
+            };
             bob.send(json!({"type": "set_status", "availability": availability, "message": long}))
                 .await;
             sent += 1;
