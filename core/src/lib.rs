@@ -19,14 +19,18 @@
 
 pub mod backoff;
 pub mod client;
+pub mod dnd;
 pub mod protocol;
 pub mod time;
 
 pub use backoff::ReconnectPolicy;
+pub use chrono;
+pub use chrono_tz;
 pub use client::{
     Client, ClientConfig, ConnectionState, Event, QueryError, QueryId, SessionInfo, Stats,
     TransportCommand,
 };
+pub use dnd::{DaySet, DndSchedule, DndWindow, LocalTime, ScheduleError, ScheduleState};
 pub use protocol::{
     Activity, Availability, ClientInfo, ErrorCode, Presence, ServerInfo, Status, ValidationError,
 };
