@@ -440,9 +440,9 @@ impl Client {
         self.shared().lock().core.presence(user_id).cloned()
     }
 
-    /// The status you last set, if any.
-    pub fn desired_status(&self) -> Option<Status> {
-        self.shared().lock().core.desired_status().cloned()
+    /// The status you last chose, if any.
+    pub fn manual_status(&self) -> Option<Status> {
+        self.shared().lock().core.manual_status().cloned()
     }
 
     /// The current session, while connected.

@@ -25,6 +25,8 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use crate::backoff::ReconnectPolicy;
+use crate::dnd::DndSchedule;
+use crate::own_status::{self, Automation, AutomationConfig, Changes, DndState, StatusReason};
 use crate::protocol::{
     self, ClientInfo, ClientMessage, DecodeError, ErrorCode, MAX_FRAME_BYTES,
     MAX_SUBSCRIPTIONS_PER_SESSION, MAX_USERS_PER_REQUEST, PROTOCOL_VERSION, Presence, ServerInfo,
@@ -56,6 +58,8 @@ pub struct ClientConfig {
     /// The largest inbound frame the client decodes, in bytes; larger frames are ignored and counted.
     /// Default [`MAX_FRAME_BYTES`].
     pub max_inbound_frame_bytes: usize,
+    /// Idle detection and app lifecycle policy.
+    pub automation: AutomationConfig,
 }
 
 impl ClientConfig {
@@ -69,6 +73,7 @@ impl ClientConfig {
             liveness_grace: Duration::from_secs(10),
             probe_timeout: Duration::from_secs(5),
             max_inbound_frame_bytes: MAX_FRAME_BYTES,
+            automation: AutomationConfig::default(),
         }
     }
 }
@@ -225,6 +230,22 @@ pub enum Event {
         /// Whether the error stopped the client.
         fatal: bool,
     },
+    /// Your effective status changed (see the precedence table in [`own_status`](crate::own_status)). It is sent
+    /// to the server once, now if connected or in the next `hello`.
+    OwnStatusChanged {
+        /// What watchers see now.
+        effective: Status,
+        /// Which rule decided it.
+        reason: StatusReason,
+    },
+    /// No activity for a while: the effective status becomes away at `away_at` unless activity comes first.
+    /// Time to ask "still there?".
+    IdleWarning {
+        /// When the switch to away happens, on the driver's clock.
+        away_at: Instant,
+    },
+    /// Activity arrived after an [`Event::IdleWarning`]: the switch to away is off.
+    IdleWarningCancelled,
     /// Emitted by drivers, never by the core: a slow reader of an event stream missed this many events. The
     /// roster ([`Client::roster`]) is still complete.
     Lagged {
@@ -317,7 +338,13 @@ pub struct Client {
     last_sent: Instant,
     last_received: Instant,
     probe_deadline: Option<Instant>,
-    desired_status: Option<Status>,
+    /// What the application chose with `set_status`, if anything.
+    manual: Option<Status>,
+    /// What the precedence table makes of `manual` and the automations: what the server is told.
+    effective: Status,
+    reason: StatusReason,
+    automation: Automation,
+    /// The effective status changed after the last `hello` or `set_status` was sent.
     status_dirty: bool,
     subscriptions: BTreeSet<String>,
     roster: BTreeMap<String, RosterEntry>,
@@ -343,6 +370,7 @@ impl Client {
     /// A client with these settings. `seed` seeds the backoff jitter: drivers pass a random value, tests a
     /// fixed one for reproducible runs.
     pub fn new(config: ClientConfig, seed: u64) -> Self {
+        let automation = Automation::new(config.automation.clone());
         Client {
             config,
             rng: SmallRng::seed_from_u64(seed),
@@ -355,7 +383,10 @@ impl Client {
             last_sent: Instant::ZERO,
             last_received: Instant::ZERO,
             probe_deadline: None,
-            desired_status: None,
+            manual: None,
+            effective: Status::default(),
+            reason: StatusReason::Manual,
+            automation,
             status_dirty: false,
             subscriptions: BTreeSet::new(),
             roster: BTreeMap::new(),
@@ -372,6 +403,7 @@ impl Client {
 
     /// Starts connecting (from idle, closed or failed); does nothing if already connecting or connected.
     pub fn connect(&mut self, now: Instant) {
+        self.automation.start(now);
         if matches!(self.link, Link::Idle | Link::Closed | Link::Failed) {
             self.failures = 0;
             self.attempts_since_connected = 0;
@@ -406,20 +438,158 @@ impl Client {
         self.set_state(ConnectionState::Closed);
     }
 
-    /// Sets the user's own status. It is sent now if connected; otherwise it is remembered and sent once, in the
-    /// next `hello` (a status set several times while offline is sent once, as the latest value).
+    /// Sets the status you choose. What watchers see is the effective status: your choice combined with
+    /// idle, lifecycle and DND by the precedence table of [`own_status`](crate::own_status). A change of the
+    /// effective status is sent now if connected; otherwise once, in the next `hello` (several changes while
+    /// offline are sent once, as the latest value). Choosing a status counts as activity.
     pub fn set_status(&mut self, status: Status, now: Instant) -> Result<(), ValidationError> {
         let status = protocol::normalize_status(status);
         protocol::validate_status(&status)?;
-        if self.desired_status.as_ref() == Some(&status) {
-            return Ok(());
+        self.manual = Some(status);
+        let changes = self.automation.activity(now, now);
+        self.apply(
+            Changes {
+                recompute: true,
+                ..changes
+            },
+            now,
+        );
+        Ok(())
+    }
+
+    /// The status you last chose, if any.
+    pub fn manual_status(&self) -> Option<&Status> {
+        self.manual.as_ref()
+    }
+
+    /// The status watchers see (or will see once connected).
+    pub fn effective_status(&self) -> &Status {
+        &self.effective
+    }
+
+    /// Which rule of the precedence table decided the effective status.
+    pub fn status_reason(&self) -> StatusReason {
+        self.reason
+    }
+
+    // ----- automations: activity, lifecycle, wall clock, DND -----
+
+    /// The user did something (mouse, key, MIDI, transport) at `at` (on the driver's clock, clamped to `now`).
+    /// Cancels a pending idle warning and, if idle had made the status away, restores it.
+    pub fn handle_activity(&mut self, at: Instant, now: Instant) {
+        let changes = self.automation.activity(at, now);
+        self.apply(changes, now);
+    }
+
+    /// Whether activity should reach the core promptly: the client is idle or has warned that it will be.
+    /// Drivers that batch activity use this to decide when to wake up for it.
+    pub fn wants_activity(&self) -> bool {
+        self.automation.wants_activity()
+    }
+
+    /// The app went to the background: after [`AutomationConfig::background_away_after`] the status becomes
+    /// away (reason `Lifecycle`).
+    pub fn app_backgrounded(&mut self, now: Instant) {
+        let changes = self.automation.backgrounded(now);
+        self.apply(changes, now);
+    }
+
+    /// The app came to the foreground: the lifecycle away ends, it counts as activity, and the connection is
+    /// checked at once ([`Client::reconnect_now`]).
+    pub fn app_foregrounded(&mut self, now: Instant) {
+        let changes = self.automation.foregrounded(now);
+        self.apply(changes, now);
+        self.reconnect_now(now);
+    }
+
+    /// Tells the client the wall clock: `unix_ms` (Unix time in milliseconds) is the time at `now`. Needed for
+    /// DND schedules. Drivers call it at start and may call it often: it only re-plans when the clock moved by
+    /// a second or more against the driver's clock.
+    pub fn handle_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        let changes = self.automation.wall_clock(now, unix_ms);
+        self.apply(changes, now);
+    }
+
+    /// Replaces the DND schedule (`None` removes it). The next transition is computed exactly and armed as one
+    /// timer.
+    pub fn set_dnd_schedule(&mut self, schedule: Option<DndSchedule>, now: Instant) {
+        let changes = self.automation.set_schedule(schedule, now);
+        self.apply(changes, now);
+    }
+
+    /// The DND schedule, if any.
+    pub fn dnd_schedule(&self) -> Option<&DndSchedule> {
+        self.automation.schedule()
+    }
+
+    /// DND now, until `until` (on the driver's clock), with an optional message (which wins over the
+    /// schedule's). A snooze in the past ends any snooze.
+    pub fn snooze_dnd(
+        &mut self,
+        until: Instant,
+        message: Option<String>,
+        now: Instant,
+    ) -> Result<(), ValidationError> {
+        let message = message.filter(|m| !m.is_empty());
+        if let Some(m) = &message {
+            protocol::validate_status(
+                &Status::new(crate::Availability::Busy).with_message(m.clone()),
+            )?;
         }
-        self.desired_status = Some(status.clone());
+        let changes = self.automation.snooze(until, message, now);
+        self.apply(changes, now);
+        Ok(())
+    }
+
+    /// Ends a snooze early (a scheduled window that is on stays on).
+    pub fn end_snooze(&mut self, now: Instant) {
+        let changes = self.automation.end_snooze();
+        self.apply(changes, now);
+    }
+
+    /// Whether DND is on, why, until when and when it next starts.
+    pub fn dnd_state(&self, now: Instant) -> DndState {
+        self.automation.dnd_state(now)
+    }
+
+    /// Replaces the idle and lifecycle settings; idleness is judged again from the last activity.
+    pub fn set_automation(&mut self, config: AutomationConfig, now: Instant) {
+        self.config.automation = config.clone();
+        let changes = self.automation.set_config(config, now);
+        self.apply(changes, now);
+    }
+
+    fn apply(&mut self, changes: Changes, now: Instant) {
+        if let Some(away_at) = changes.warning {
+            self.events.push_back(Event::IdleWarning { away_at });
+        }
+        if changes.warning_cancelled {
+            self.events.push_back(Event::IdleWarningCancelled);
+        }
+        if !changes.recompute {
+            return;
+        }
+        let manual = self.manual.clone().unwrap_or_default();
+        let (effective, reason) = own_status::combine(
+            &manual,
+            self.automation.dnd(),
+            self.automation.is_idle(),
+            self.automation.is_background_away(),
+        );
+        self.reason = reason;
+        if effective == self.effective {
+            return;
+        }
+        self.effective = effective.clone();
+        self.events.push_back(Event::OwnStatusChanged {
+            effective: effective.clone(),
+            reason,
+        });
         if self.link == Link::Connected {
             self.send(
                 ClientMessage::SetStatus {
                     reference: None,
-                    status,
+                    status: effective,
                 },
                 now,
             );
@@ -427,12 +597,13 @@ impl Client {
         } else {
             self.status_dirty = true;
         }
-        Ok(())
     }
 
-    /// The status the application last set, if any (the server's view follows it).
-    pub fn desired_status(&self) -> Option<&Status> {
-        self.desired_status.as_ref()
+    /// The status to announce in `hello`: none while nothing was chosen and no automation applies, so that a
+    /// second device does not override the user's status with a default.
+    fn announced_status(&self) -> Option<Status> {
+        (self.manual.is_some() || self.effective != Status::default())
+            .then(|| self.effective.clone())
     }
 
     /// Watches users. The watch list is kept across reconnects; users already watched are skipped.
@@ -533,7 +704,7 @@ impl Client {
     pub fn handle_transport_open(&mut self, now: Instant) {
         if let Link::Opening { deadline } = self.link {
             self.last_received = now;
-            let status = self.desired_status.clone();
+            let status = self.announced_status();
             self.status_dirty = false;
             self.send(
                 ClientMessage::Hello {
@@ -589,6 +760,12 @@ impl Client {
 
     /// A timer armed from [`Client::poll_timeout`] fired. Calling it early, late or twice is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let changes = self.automation.handle_timeout(now);
+        self.apply(changes, now);
+        self.handle_link_timeout(now);
+    }
+
+    fn handle_link_timeout(&mut self, now: Instant) {
         match self.link {
             Link::Opening { deadline } | Link::Handshaking { deadline } if now >= deadline => {
                 let reason = format!(
@@ -631,8 +808,17 @@ impl Client {
         self.events.pop_front()
     }
 
-    /// When the driver must call [`Client::handle_timeout`] next, if at all.
+    /// When the driver must call [`Client::handle_timeout`] next, if at all: the earliest of the connection's
+    /// timer (connect timeout, heartbeat, liveness, retry) and the automations' (idle warning, away, background,
+    /// snooze end, next DND transition). One timer, no polling.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.link_timeout(), self.automation.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn link_timeout(&self) -> Option<Instant> {
         match self.link {
             Link::Opening { deadline } | Link::Handshaking { deadline } => Some(deadline),
             Link::Connected => {
@@ -850,10 +1036,10 @@ impl Client {
             }
             ServerMessage::Snapshot { users } if connected => {
                 for record in users {
-                    self.apply(record);
+                    self.apply_record(record);
                 }
             }
-            ServerMessage::Presence { user } if connected => self.apply(user),
+            ServerMessage::Presence { user } if connected => self.apply_record(user),
             ServerMessage::QueryResult { reference, users } if connected => {
                 match self.pending_queries.remove(&reference) {
                     Some(query_id) => self.events.push_back(Event::QueryCompleted {
@@ -918,16 +1104,14 @@ impl Client {
         self.link = Link::Connected;
         self.set_state(ConnectionState::Connected { session_id });
         if self.status_dirty {
-            // Set during the handshake, after hello had gone out.
-            if let Some(status) = self.desired_status.clone() {
-                self.send(
-                    ClientMessage::SetStatus {
-                        reference: None,
-                        status,
-                    },
-                    now,
-                );
-            }
+            // Changed during the handshake, after hello had gone out.
+            self.send(
+                ClientMessage::SetStatus {
+                    reference: None,
+                    status: self.effective.clone(),
+                },
+                now,
+            );
             self.status_dirty = false;
         }
         if !self.subscriptions.is_empty() {
@@ -936,7 +1120,7 @@ impl Client {
         }
     }
 
-    fn apply(&mut self, record: Presence) {
+    fn apply_record(&mut self, record: Presence) {
         if !self.subscriptions.contains(&record.user_id) {
             // An answer to a subscription the application has since dropped.
             self.stats.unexpected_messages += 1;

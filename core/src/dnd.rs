@@ -543,7 +543,7 @@ mod tests {
         );
         // 23:30 CEST: on until Thursday 07:00 CEST.
         let st = s.state_at(utc("2026-06-10T21:30:00Z"));
-        assert_eq!(st.active, true);
+        assert!(st.active);
         assert_eq!(st.until, Some(utc("2026-06-11T05:00:00Z")));
         assert_eq!(st.next_start, Some(utc("2026-06-11T20:00:00Z")));
         // Start is inclusive, end exclusive.

@@ -20,6 +20,7 @@
 pub mod backoff;
 pub mod client;
 pub mod dnd;
+pub mod own_status;
 pub mod protocol;
 pub mod time;
 
@@ -31,6 +32,7 @@ pub use client::{
     TransportCommand,
 };
 pub use dnd::{DaySet, DndSchedule, DndWindow, LocalTime, ScheduleError, ScheduleState};
+pub use own_status::{AutomationConfig, DndSource, DndState, StatusReason};
 pub use protocol::{
     Activity, Availability, ClientInfo, ErrorCode, Presence, ServerInfo, Status, ValidationError,
 };
