@@ -168,10 +168,13 @@ enum Input {
 pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
     let mut connection: Option<Connection> = None;
     let mut opening: Option<Opening> = None;
+    // The activity reading the core has seen last.
+    let mut fed_raw = 0u64;
     loop {
         // Act on everything the core wants, in order: frames, transport commands, events; then the timer.
         let (deadline, shutdown) = {
             let mut inner = shared.lock();
+            shared.feed(&mut inner.core, &mut fed_raw);
             if inner.shutdown {
                 let now = shared.now();
                 inner.core.close(now);
@@ -215,10 +218,8 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                     }
                 }
             }
-            let deadline = inner
-                .core
-                .poll_timeout()
-                .map(|t| shared.origin + Duration::from_millis(t.as_millis()));
+            shared.activity.set_wanted(inner.core.wants_activity());
+            let deadline = inner.core.poll_timeout().map(|t| shared.deadline(t));
             (deadline, inner.shutdown)
         };
         if shutdown {
@@ -237,7 +238,11 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
         let core = &mut inner.core;
         match input {
             Input::Wake => {}
-            Input::Timeout => core.handle_timeout(now),
+            Input::Timeout => {
+                // Activity that arrived since the last look counts before an idle deadline is judged.
+                shared.feed(core, &mut fed_raw);
+                core.handle_timeout(now);
+            }
             Input::Opened(Ok(ws)) => {
                 opening = None;
                 connection = Some(Connection::start(*ws, &shared));

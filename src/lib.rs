@@ -37,9 +37,10 @@ mod driver;
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::Stream;
 use tokio::sync::{Notify, broadcast, oneshot, watch};
@@ -47,8 +48,9 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 pub use presently_core;
 pub use presently_core::protocol::{self, ValidationError};
 pub use presently_core::{
-    Activity, Availability, ClientConfig, ClientInfo, ConnectionState, ErrorCode, Event, Presence,
-    QueryError, QueryId, ReconnectPolicy, ServerInfo, SessionInfo, Stats, Status,
+    Activity, AutomationConfig, Availability, ClientConfig, ClientInfo, ConnectionState, DaySet,
+    DndSchedule, DndSource, DndState, DndWindow, ErrorCode, Event, LocalTime, Presence, QueryError,
+    QueryId, ReconnectPolicy, ScheduleError, ServerInfo, SessionInfo, Stats, Status, StatusReason,
 };
 
 /// What can go wrong when using the client.
@@ -100,10 +102,68 @@ pub enum Error {
 /// connection, which then reconnects.
 const HARD_INBOUND_LIMIT: usize = 4 * protocol::MAX_FRAME_BYTES;
 
+/// A source of wall-clock time (normally [`SystemTime::now`]).
+pub type WallClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Where [`Client::record_activity`] leaves its mark: written by any thread without locks, read by the driver.
+pub(crate) struct ActivityCell {
+    /// A TSC-based clock where the hardware has one: reading it is an instruction, not a syscall.
+    clock: quanta::Clock,
+    /// `clock.raw()` when the driver's clock started.
+    origin_raw: u64,
+    /// `clock.raw()` at the latest activity; 0 before any.
+    last_raw: AtomicU64,
+    /// Raw ticks in a millisecond: readings closer than this to the stored one are not stored, so that many
+    /// threads calling at once mostly read a shared cache line instead of fighting over it.
+    ticks_per_ms: u64,
+    /// Set by the driver while the core wants activity promptly (idle, or warned).
+    wanted: AtomicBool,
+    /// Set by the first activity that woke the driver while wanted; cleared by the driver.
+    wake_requested: AtomicBool,
+}
+
+impl ActivityCell {
+    fn new(clock: quanta::Clock) -> Self {
+        // The clock scales ticks linearly: measure the scale on a large span.
+        const SPAN: u64 = 1 << 40;
+        let nanos = clock.delta_as_nanos(0, SPAN).max(1);
+        let ticks_per_ms = u64::try_from(u128::from(SPAN) * 1_000_000 / u128::from(nanos))
+            .unwrap_or(1)
+            .max(1);
+        ActivityCell {
+            origin_raw: clock.raw(),
+            clock,
+            last_raw: AtomicU64::new(0),
+            ticks_per_ms,
+            wanted: AtomicBool::new(false),
+            wake_requested: AtomicBool::new(false),
+        }
+    }
+
+    /// The core instant of a raw reading.
+    pub(crate) fn instant(&self, raw: u64) -> presently_core::Instant {
+        let elapsed = self.clock.delta(self.origin_raw, raw);
+        presently_core::Instant::from_millis(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The latest raw reading (0 before any activity).
+    pub(crate) fn last_raw(&self) -> u64 {
+        self.last_raw.load(Ordering::Relaxed)
+    }
+
+    /// Publishes whether the core wants activity promptly, and re-arms the wake-up.
+    pub(crate) fn set_wanted(&self, wanted: bool) {
+        self.wanted.store(wanted, Ordering::Relaxed);
+        self.wake_requested.store(false, Ordering::Relaxed);
+    }
+}
+
 /// State shared by the client handles and the driver task.
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
-    origin: tokio::time::Instant,
+    origin: std::time::Instant,
+    pub(crate) activity: ActivityCell,
+    wall_clock: WallClock,
     /// Wakes the driver after a command changed the core.
     wake: Notify,
     events: broadcast::Sender<Event>,
@@ -131,6 +191,29 @@ impl Shared {
         )
     }
 
+    /// The tokio instant of a core instant, for timers.
+    pub(crate) fn deadline(&self, at: presently_core::Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.origin + Duration::from_millis(at.as_millis()))
+    }
+
+    /// The wall clock as Unix milliseconds.
+    pub(crate) fn unix_ms(&self) -> u64 {
+        (self.wall_clock)()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// Hands the latest host activity and the wall clock to the core.
+    pub(crate) fn feed(&self, core: &mut presently_core::Client, fed_raw: &mut u64) {
+        let now = self.now();
+        core.handle_wall_clock(now, self.unix_ms());
+        let raw = self.activity.last_raw();
+        if raw != 0 && raw != *fed_raw {
+            *fed_raw = raw;
+            core.handle_activity(self.activity.instant(raw), now);
+        }
+    }
+
     /// Runs `f` on the core and wakes the driver to act on its outputs.
     fn with_core<R>(
         &self,
@@ -144,16 +227,58 @@ impl Shared {
 }
 
 /// Settings for a [`Client`]; from [`Client::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     url: String,
     config: ClientConfig,
     event_capacity: usize,
+    dnd_schedule: Option<DndSchedule>,
+    wall_clock: Option<WallClock>,
     #[cfg(feature = "rustls")]
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+impl std::fmt::Debug for WallClockDebug<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "custom" } else { "system" })
+    }
+}
+
+struct WallClockDebug<'a>(&'a Option<WallClock>);
+
 impl ClientBuilder {
+    /// Away after this long without [`Client::record_activity`]; `None` turns idle detection off. Default
+    /// 5 minutes.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.automation.idle_timeout = timeout;
+        self
+    }
+
+    /// Emit [`Event::IdleWarning`] this long before going away (to ask "still there?"). Default none.
+    pub fn idle_warning(mut self, lead: Option<Duration>) -> Self {
+        self.config.automation.idle_warning = lead;
+        self
+    }
+
+    /// Away after this long in the background ([`Client::app_backgrounded`]); `None` leaves the status alone.
+    /// Default 60 s.
+    pub fn background_away_after(mut self, after: Option<Duration>) -> Self {
+        self.config.automation.background_away_after = after;
+        self
+    }
+
+    /// A DND schedule from the start.
+    pub fn dnd_schedule(mut self, schedule: DndSchedule) -> Self {
+        self.dnd_schedule = Some(schedule);
+        self
+    }
+
+    /// A wall clock other than the system's (for tests and demos that need "22:00" to come soon).
+    pub fn wall_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.wall_clock = Some(Arc::new(clock));
+        self
+    }
+
     /// The credential sent in `hello` (for the reference server, an HS256 JWT from your backend).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.config.token = token.into();
@@ -250,13 +375,28 @@ impl ClientBuilder {
         let (events, _) = broadcast::channel(self.event_capacity);
         let (state, _) = watch::channel(ConnectionState::Idle);
         let (open_writers, _) = watch::channel(0);
+        let activity = ActivityCell::new(quanta::Clock::new());
+        let origin = std::time::Instant::now();
+        let wall_clock = self.wall_clock.unwrap_or_else(|| Arc::new(SystemTime::now));
+        let mut core = presently_core::Client::new(self.config, rand::random());
+        let unix_now = wall_clock()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        core.handle_wall_clock(presently_core::Instant::ZERO, unix_now);
+        // Creating the client is the app starting: idle time counts from here, connected or not.
+        core.handle_activity(presently_core::Instant::ZERO, presently_core::Instant::ZERO);
+        if self.dnd_schedule.is_some() {
+            core.set_dnd_schedule(self.dnd_schedule, presently_core::Instant::ZERO);
+        }
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
-                core: presently_core::Client::new(self.config, rand::random()),
+                core,
                 queries: HashMap::new(),
                 shutdown: false,
             }),
-            origin: tokio::time::Instant::now(),
+            origin,
+            activity,
+            wall_clock,
             wake: Notify::new(),
             events,
             state,
@@ -272,6 +412,18 @@ impl ClientBuilder {
         Ok(Client {
             handle: Arc::new(Handle { shared }),
         })
+    }
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("client_info", &self.config.client_info)
+            .field("automation", &self.config.automation)
+            .field("dnd_schedule", &self.dnd_schedule)
+            .field("wall_clock", &WallClockDebug(&self.wall_clock))
+            .finish_non_exhaustive()
     }
 }
 
@@ -308,6 +460,8 @@ impl Client {
             url: url.into(),
             config: ClientConfig::new(""),
             event_capacity: 1_024,
+            dnd_schedule: None,
+            wall_clock: None,
             #[cfg(feature = "rustls")]
             tls: None,
         }
@@ -360,6 +514,96 @@ impl Client {
         Ok(self
             .shared()
             .with_core(|core, now| core.set_status(status, now))?)
+    }
+
+    /// The host saw the user do something: a mouse move, a key press, a MIDI event, transport play. Call it as
+    /// often as you like, from any thread, including a real-time audio thread: it reads a TSC-based clock (an
+    /// instruction where the CPU has an invariant TSC, the OS monotonic clock otherwise, never a syscall on
+    /// Linux, macOS or Windows), stores it in an atomic (at most once a millisecond) and returns. It never
+    /// locks, allocates or waits. Only
+    /// while the user is idle (or has been warned) does the first call after that hand a wake-up to the
+    /// client's own thread, once, so that the status is restored at once.
+    #[inline]
+    pub fn record_activity(&self) {
+        let cell = &self.handle.shared.activity;
+        let now = cell.clock.raw();
+        // Millisecond resolution is plenty for idle timeouts measured in minutes.
+        if now.saturating_sub(cell.last_raw.load(Ordering::Relaxed)) >= cell.ticks_per_ms {
+            cell.last_raw.store(now, Ordering::Relaxed);
+        }
+        if cell.wanted.load(Ordering::Relaxed) && !cell.wake_requested.swap(true, Ordering::Relaxed)
+        {
+            self.handle.shared.wake.notify_one();
+        }
+    }
+
+    /// The app went to the background (away after [`ClientBuilder::background_away_after`]).
+    pub fn app_backgrounded(&self) {
+        self.shared()
+            .with_core(|core, now| core.app_backgrounded(now));
+    }
+
+    /// The app came to the foreground: restores a lifecycle away, counts as activity and checks the link.
+    pub fn app_foregrounded(&self) {
+        self.shared()
+            .with_core(|core, now| core.app_foregrounded(now));
+    }
+
+    /// The network changed (Wi-Fi to cellular, VPN up...): retry now if waiting, or probe the link.
+    pub fn network_changed(&self) {
+        self.reconnect_now();
+    }
+
+    /// Replaces the DND schedule (`None` removes it).
+    pub fn set_dnd_schedule(&self, schedule: Option<DndSchedule>) {
+        self.shared()
+            .with_core(|core, now| core.set_dnd_schedule(schedule, now));
+    }
+
+    /// DND now, for `duration`, with an optional message shown while it lasts.
+    pub fn snooze_dnd_for(&self, duration: Duration, message: Option<String>) -> Result<(), Error> {
+        Ok(self
+            .shared()
+            .with_core(|core, now| core.snooze_dnd(now + duration, message, now))?)
+    }
+
+    /// DND now, until `until` (wall-clock time), with an optional message.
+    pub fn snooze_dnd_until(
+        &self,
+        until: SystemTime,
+        message: Option<String>,
+    ) -> Result<(), Error> {
+        let wall_now = (self.shared().wall_clock)();
+        let duration = until.duration_since(wall_now).unwrap_or(Duration::ZERO);
+        self.snooze_dnd_for(duration, message)
+    }
+
+    /// Ends a snooze early.
+    pub fn end_snooze(&self) {
+        self.shared().with_core(|core, now| core.end_snooze(now));
+    }
+
+    /// Whether DND is on, why, until when and when it next starts (Unix milliseconds).
+    pub fn dnd_state(&self) -> DndState {
+        let shared = self.shared();
+        let now = shared.now();
+        shared.lock().core.dnd_state(now)
+    }
+
+    /// Replaces the idle and lifecycle settings.
+    pub fn set_automation(&self, config: AutomationConfig) {
+        self.shared()
+            .with_core(|core, now| core.set_automation(config, now));
+    }
+
+    /// The status watchers see: your choice combined with idle, lifecycle and DND.
+    pub fn effective_status(&self) -> Status {
+        self.shared().lock().core.effective_status().clone()
+    }
+
+    /// Which rule decided the effective status.
+    pub fn status_reason(&self) -> StatusReason {
+        self.shared().lock().core.status_reason()
     }
 
     /// Watches users; kept across reconnects. Their presence arrives as [`Event::PresenceChanged`] and in
