@@ -6,17 +6,31 @@
 //! with a summary of how long each change took to reach its watchers. Nothing to configure.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use presently::presently_core::chrono::{TimeZone, Utc};
+use presently::presently_core::chrono_tz::Europe::Berlin;
 use presently::{
-    Activity, Availability, Client, ClientInfo, ConnectionState, Event, Presence, Status,
+    Activity, Availability, Client, ClientInfo, ConnectionState, DndSchedule, DndWindow, Event,
+    Presence, Status,
 };
 use presently_server::{RunningServer, ServerConfig};
 use tokio::time::{Instant, sleep};
 
 const SECRET: &[u8] = b"demo secret: never use this one in production";
+/// Alice's plugin goes away after this long without activity (shortened for the demo).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+fn shifted(t: SystemTime, skew_ms: i64) -> SystemTime {
+    if skew_ms >= 0 {
+        t + Duration::from_millis(skew_ms as u64)
+    } else {
+        t - Duration::from_millis(skew_ms.unsigned_abs())
+    }
+}
 
 /// The three people of the demo: user id, device, client info.
 const PEOPLE: [(&str, &str, &str); 3] = [
@@ -59,10 +73,21 @@ impl Demo {
         user: &'static str,
         expect: impl Fn(&Presence) -> bool + Send + 'static,
     ) {
+        self.expect_at(label, user, Instant::now(), expect);
+    }
+
+    /// A change that will happen by itself at `at` (an automation's timer).
+    fn expect_at(
+        &self,
+        label: impl Into<String>,
+        user: &'static str,
+        at: Instant,
+        expect: impl Fn(&Presence) -> bool + Send + 'static,
+    ) {
         self.tracker.lock().unwrap().changes.push(Change {
             label: label.into(),
             user,
-            started: Instant::now(),
+            started: at,
             expect: Box::new(expect),
             seen_by: BTreeMap::new(),
         });
@@ -77,7 +102,7 @@ impl Demo {
                 && !change.seen_by.contains_key(watcher)
                 && (change.expect)(presence)
             {
-                let took = change.started.elapsed();
+                let took = Instant::now().saturating_duration_since(change.started);
                 change.seen_by.insert(watcher, took);
                 latency.get_or_insert(took);
             }
@@ -85,17 +110,19 @@ impl Demo {
         latency
     }
 
-    /// Waits until every watcher saw the latest change (at most 5 s).
+    /// Waits until both watchers saw every change that has happened so far (at most 5 s).
     async fn settle(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
+            let now = Instant::now();
             let done = self
                 .tracker
                 .lock()
                 .unwrap()
                 .changes
-                .last()
-                .is_none_or(|c| c.seen_by.len() == PEOPLE.len() - 1);
+                .iter()
+                .filter(|c| c.started <= now)
+                .all(|c| c.seen_by.len() >= PEOPLE.len() - 1);
             if done {
                 return;
             }
@@ -105,6 +132,14 @@ impl Demo {
 }
 
 fn describe(p: &Presence) -> String {
+    describe_status(&Status {
+        availability: p.availability,
+        message: p.message.clone(),
+        activity: p.activity.clone(),
+    })
+}
+
+fn describe_status(p: &Status) -> String {
     let mut s = p.availability.to_string();
     if let Some(m) = &p.message {
         s.push_str(&format!(" \"{m}\""));
@@ -187,10 +222,27 @@ fn spawn_watch(
                 Event::ServerError { code, message, .. } => {
                     demo.say(name, format!("server error {code}: {message}"))
                 }
+                Event::OwnStatusChanged { effective, reason } => demo.say(
+                    name,
+                    format!(
+                        "own status → {} (reason: {})",
+                        describe_status(&effective),
+                        reason.as_str()
+                    ),
+                ),
+                Event::IdleWarning { .. } => demo.say(
+                    name,
+                    "idle warning: \"still there?\" (away in 2 s without activity)",
+                ),
+                Event::IdleWarningCancelled => demo.say(name, "idle warning cancelled"),
                 _ => {}
             }
         }
     })
+}
+
+async fn sleep_until_after(at: Instant) {
+    tokio::time::sleep_until(at + Duration::from_millis(50)).await;
 }
 
 async fn start_server(addr: std::net::SocketAddr) -> RunningServer {
@@ -220,17 +272,30 @@ async fn main() {
     // 1. Everyone connects and watches the other two.
     let mut clients: Vec<(&'static str, Client)> = Vec::new();
     let mut watchers = Vec::new();
+    // Carol's device clock, which the demo will set to just before 22:00 in Berlin.
+    let carol_clock_skew_ms = Arc::new(AtomicI64::new(0));
     for (user, device, platform) in PEOPLE {
         let token = server.mint_token(user, Duration::from_secs(3_600)).unwrap();
-        let client = Client::builder(server.ws_url())
-            .token(token)
-            .client_info(ClientInfo::new(
-                format!("{user}'s {device}"),
-                "1.0",
-                platform,
-            ))
-            .build()
-            .expect("client builds");
+        let mut builder =
+            Client::builder(server.ws_url())
+                .token(token)
+                .client_info(ClientInfo::new(
+                    format!("{user}'s {device}"),
+                    "1.0",
+                    platform,
+                ));
+        if user == "alice" {
+            // Shortened for the demo (the default is 5 minutes, no warning).
+            builder = builder
+                .idle_timeout(Some(IDLE_TIMEOUT))
+                .idle_warning(Some(Duration::from_secs(2)));
+        }
+        if user == "carol" {
+            let skew = carol_clock_skew_ms.clone();
+            builder = builder
+                .wall_clock(move || shifted(SystemTime::now(), skew.load(Ordering::Relaxed)));
+        }
+        let client = builder.build().expect("client builds");
         watchers.push(spawn_watch(demo.clone(), user, &client));
         let others: Vec<&str> = PEOPLE.iter().map(|p| p.0).filter(|u| *u != user).collect();
         client.subscribe(others).unwrap();
@@ -339,20 +404,104 @@ async fn main() {
     );
     print_board(&demo, &clients);
 
-    // 4. More changes, then Bob closes his app.
+    // 4. Alice's plugin notices she is gone, and that she is back.
     sleep(Duration::from_secs(2)).await;
-    demo.say("alice", "finishes the bounce");
+    demo.say(
+        "alice",
+        "finishes the bounce, then leaves her desk (her plugin idles after 4 s)",
+    );
     demo.expect("alice: online \"Bounce done\"", "alice", |p| {
         p.availability == Availability::Online
     });
+    let bounced_at = Instant::now();
     alice
         .set_status(
             Status::new(Availability::Online).with_message("Bounce done, who wants to listen?"),
         )
         .unwrap();
+    demo.expect_at(
+        "alice: away (idle, no activity for 4 s)",
+        "alice",
+        bounced_at + IDLE_TIMEOUT,
+        |p| p.availability == Availability::Away,
+    );
+    demo.settle().await;
+    sleep_until_after(bounced_at + IDLE_TIMEOUT).await;
+    demo.settle().await;
+    sleep(Duration::from_millis(800)).await;
+    demo.say(
+        "alice",
+        "comes back and moves the mouse over her plugin (record_activity)",
+    );
+    demo.expect("alice: back online (activity)", "alice", |p| {
+        p.availability == Availability::Online
+    });
+    alice.record_activity();
+    // She keeps working: her plugin reports mouse moves as they happen.
+    let working = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            loop {
+                sleep(Duration::from_millis(250)).await;
+                alice.record_activity();
+            }
+        })
+    };
     demo.settle().await;
 
-    sleep(Duration::from_secs(2)).await;
+    // 5. Carol's quiet hours start, in her own timezone, on a timer of their own.
+    sleep(Duration::from_secs(1)).await;
+    let real_now = SystemTime::now();
+    let today = real_now.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    let berlin_date = Utc
+        .timestamp_millis_opt(today.as_millis() as i64)
+        .single()
+        .expect("a valid instant")
+        .with_timezone(&Berlin)
+        .date_naive();
+    let ten_pm = Berlin
+        .from_local_datetime(&berlin_date.and_hms_opt(22, 0, 0).expect("22:00"))
+        .earliest()
+        .expect("22:00 exists in Berlin");
+    let skew = ten_pm.timestamp_millis() - 2_000 - today.as_millis() as i64;
+    carol_clock_skew_ms.store(skew, Ordering::Relaxed);
+    demo.say("carol", "her device clock reads 21:59:58 in Berlin (set by the demo); she turns on quiet hours 22:00–07:00");
+    demo.expect_at(
+        "carol: busy, quiet hours (DND window)",
+        "carol",
+        Instant::now() + Duration::from_secs(2),
+        |p| p.availability == Availability::Busy,
+    );
+    carol.set_dnd_schedule(Some(
+        DndSchedule::new(
+            "Europe/Berlin",
+            vec![DndWindow::parse("daily", "22:00", "07:00").unwrap()],
+        )
+        .unwrap()
+        .with_message("Quiet hours")
+        .unwrap(),
+    ));
+    let state = carol.dnd_state();
+    demo.say(
+        "carol",
+        format!(
+            "dnd: active {}, next start in {:.1} s",
+            state.active,
+            state.next_start.map_or(f64::NAN, |t| (t as i64
+                - shifted(SystemTime::now(), skew)
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64)
+                as f64
+                / 1e3)
+        ),
+    );
+    sleep(Duration::from_millis(2_100)).await;
+    demo.settle().await;
+    print_board(&demo, &clients);
+
+    // 6. Bob closes his app.
+    sleep(Duration::from_secs(1)).await;
     demo.say("bob", "closes the phone app");
     demo.expect("bob goes offline", "bob", |p| {
         p.availability == Availability::Offline
@@ -375,7 +524,7 @@ async fn main() {
     }
     print_board(&demo, &clients);
 
-    // 5. Summary.
+    // 7. Summary.
     println!(
         "\nHow long each change took to reach its watchers (from the call to the watcher's event):"
     );
@@ -416,6 +565,7 @@ async fn main() {
             converged.as_secs_f64() * 1e3
         );
     }
+    working.abort();
     for watcher in watchers {
         watcher.abort();
     }
