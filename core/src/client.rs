@@ -230,7 +230,7 @@ pub enum Event {
         /// Whether the error stopped the client.
         fatal: bool,
     },
-    /// Your effective status changed (see the precedence table in [`own_status`](crate::own_status)). It is sent
+    /// Your effective status changed (see the precedence table in [`own_status`]). It is sent
     /// to the server once, now if connected or in the next `hello`.
     OwnStatusChanged {
         /// What watchers see now.
@@ -439,7 +439,7 @@ impl Client {
     }
 
     /// Sets the status you choose. What watchers see is the effective status: your choice combined with
-    /// idle, lifecycle and DND by the precedence table of [`own_status`](crate::own_status). A change of the
+    /// idle, lifecycle and DND by the precedence table of [`own_status`]. A change of the
     /// effective status is sent now if connected; otherwise once, in the next `hello` (several changes while
     /// offline are sent once, as the latest value). Choosing a status counts as activity.
     pub fn set_status(&mut self, status: Status, now: Instant) -> Result<(), ValidationError> {
