@@ -87,38 +87,27 @@ async fn the_call_that_ends_idleness_does_not_allocate_either_and_restores_the_s
     let client = idle_client(Duration::from_millis(100));
     let mut events = client.events();
     // Idle after 100 ms: away.
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.next())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            Event::OwnStatusChanged { effective, reason } => {
-                assert_eq!(
-                    (effective.availability, reason),
-                    (Availability::Away, StatusReason::Idle)
-                );
-                break;
-            }
-            _ => continue,
-        }
-    }
+    assert_eq!(
+        next_own_status(&mut events).await,
+        (Availability::Away, StatusReason::Idle)
+    );
     // The first call wakes the client's thread; none of the calls allocates.
     assert_eq!(allocations_on_another_thread(&client, 10_000), 0);
+    assert_eq!(
+        next_own_status(&mut events).await,
+        (Availability::Online, StatusReason::Manual)
+    );
+}
+
+/// The next change of the client's own effective status.
+async fn next_own_status(events: &mut presently::EventStream) -> (Availability, StatusReason) {
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.next())
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
             .await
             .unwrap()
-            .unwrap()
-        {
-            Event::OwnStatusChanged { effective, reason } => {
-                assert_eq!(
-                    (effective.availability, reason),
-                    (Availability::Online, StatusReason::Manual)
-                );
-                break;
-            }
-            _ => continue,
+            .unwrap();
+        if let Event::OwnStatusChanged { effective, reason } = event {
+            return (effective.availability, reason);
         }
     }
 }
