@@ -21,7 +21,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::{HARD_INBOUND_LIMIT, Shared};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-type Opening = Pin<Box<dyn Future<Output = Result<Ws, String>> + Send>>;
+/// A connection attempt: the socket and, with a token provider, the fresh token for its `hello`.
+type Opening = Pin<Box<dyn Future<Output = Result<(Ws, Option<String>), String>> + Send>>;
 
 /// Frames waiting for the socket before the connection is considered stuck.
 const WRITE_QUEUE: usize = 256;
@@ -35,6 +36,7 @@ pub(crate) struct Target {
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     #[cfg(not(feature = "rustls"))]
     pub(crate) tls: Option<()>,
+    pub(crate) token_provider: Option<crate::TokenProvider>,
 }
 
 /// The default TLS settings: rustls with the ring provider and the webpki root certificates.
@@ -56,6 +58,9 @@ pub(crate) fn default_tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::
 struct Connection {
     reader: SplitStream<Ws>,
     writer: mpsc::Sender<Message>,
+    /// Dropped with the connection: tells the writer to flush what is queued, close, and stop, within
+    /// `CLOSE_FLUSH_TIMEOUT`.
+    _closing: tokio::sync::oneshot::Sender<()>,
     /// Resolves when the writer failed (the connection is unusable); `None` once it has resolved.
     writer_failed: Option<tokio::sync::oneshot::Receiver<String>>,
 }
@@ -65,23 +70,42 @@ impl Connection {
         let (mut sink, reader) = ws.split();
         let (writer, mut queue) = mpsc::channel::<Message>(WRITE_QUEUE);
         let (failed_tx, writer_failed) = tokio::sync::oneshot::channel();
+        let (closing_tx, mut closing) = tokio::sync::oneshot::channel::<()>();
         shared.open_writers.send_modify(|n| *n += 1);
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut failure = None;
-            while let Some(message) = queue.recv().await {
-                if let Err(e) = sink.send(message).await {
-                    failure = Some(e.to_string());
-                    break;
+            // Send until the driver drops the connection; a send stuck on a peer that stopped reading is
+            // abandoned then too.
+            loop {
+                let message = tokio::select! {
+                    biased;
+                    message = queue.recv() => message,
+                    _ = &mut closing => break,
+                };
+                let Some(message) = message else { break };
+                tokio::select! {
+                    biased;
+                    sent = sink.send(message) => if let Err(e) = sent {
+                        failure = Some(e.to_string());
+                        break;
+                    },
+                    _ = &mut closing => break,
                 }
             }
             match failure {
                 Some(reason) => {
                     let _ = failed_tx.send(reason);
                 }
-                // The connection was dropped by the driver: flush what was queued and close politely.
+                // Dropped by the driver: flush what was queued (a `bye`) and close politely, within a bound.
                 None => {
-                    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, sink.close()).await;
+                    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+                        while let Ok(message) = queue.try_recv() {
+                            sink.send(message).await?;
+                        }
+                        sink.close().await
+                    })
+                    .await;
                 }
             }
             shared.open_writers.send_modify(|n| *n -= 1);
@@ -89,6 +113,7 @@ impl Connection {
         Connection {
             reader,
             writer,
+            _closing: closing_tx,
             writer_failed: Some(writer_failed),
         }
     }
@@ -102,7 +127,16 @@ impl Connection {
 fn open(target: &Target) -> Opening {
     let url = target.url.clone();
     let tls = target.tls.clone();
+    let token_provider = target.token_provider.clone();
     Box::pin(async move {
+        let token = match token_provider {
+            Some(provider) => Some(
+                provider()
+                    .await
+                    .map_err(|e| format!("the token provider failed: {e}"))?,
+            ),
+            None => None,
+        };
         let mut request = url
             .as_str()
             .into_client_request()
@@ -138,7 +172,7 @@ fn open(target: &Target) -> Opening {
                 "the server did not select the {SUBPROTOCOL} subprotocol"
             ));
         }
-        Ok(ws)
+        Ok((ws, token))
     })
 }
 
@@ -159,7 +193,7 @@ fn describe(e: tungstenite::Error) -> String {
 enum Input {
     Wake,
     Timeout,
-    Opened(Result<Box<Ws>, String>),
+    Opened(Result<(Box<Ws>, Option<String>), String>),
     Inbound(Option<Result<Message, tungstenite::Error>>),
     WriterFailed(String),
 }
@@ -170,6 +204,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
     let mut opening: Option<Opening> = None;
     // The activity reading the core has seen last.
     let mut fed_raw = 0u64;
+    let mut recheck: bool;
     loop {
         // Act on everything the core wants, in order: frames, transport commands, events; then the timer.
         let (deadline, shutdown) = {
@@ -218,7 +253,11 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                     }
                 }
             }
-            shared.activity.set_wanted(inner.core.wants_activity());
+            let wanted = inner.core.wants_activity();
+            shared.activity.set_wanted(wanted);
+            // Activity recorded between `feed` and `set_wanted` saw "not wanted" and woke nobody: look again.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            recheck = wanted && shared.activity.last_raw() != fed_raw;
             let deadline = inner.core.poll_timeout().map(|t| shared.deadline(t));
             (deadline, inner.shutdown)
         };
@@ -227,25 +266,34 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
         }
 
         let input = tokio::select! {
+            _ = std::future::ready(()), if recheck => Input::Wake,
             _ = shared.wake.notified() => Input::Wake,
             _ = sleep_until(deadline) => Input::Timeout,
-            opened = maybe(opening.as_mut()) => Input::Opened(opened.map(Box::new)),
+            opened = maybe(opening.as_mut()) => Input::Opened(opened.map(|(ws, token)| (Box::new(ws), token))),
             input = connection_input(connection.as_mut()) => input,
         };
 
         let now = shared.now();
         let mut inner = shared.lock();
         let core = &mut inner.core;
+        // A command taken while we waited (close, reconnect) means this input is about a transport the core has
+        // given up: drop it and let the top of the loop apply the commands.
+        let stale = core.transport_pending();
         match input {
+            Input::Opened(_) if stale => opening = None,
+            Input::Inbound(_) | Input::WriterFailed(_) if stale => {}
             Input::Wake => {}
             Input::Timeout => {
                 // Activity that arrived since the last look counts before an idle deadline is judged.
                 shared.feed(core, &mut fed_raw);
                 core.handle_timeout(now);
             }
-            Input::Opened(Ok(ws)) => {
+            Input::Opened(Ok((ws, token))) => {
                 opening = None;
                 connection = Some(Connection::start(*ws, &shared));
+                if let Some(token) = token {
+                    core.set_token(token);
+                }
                 core.handle_transport_open(now);
             }
             Input::Opened(Err(reason)) => {
@@ -291,7 +339,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn maybe(opening: Option<&mut Opening>) -> Result<Ws, String> {
+async fn maybe(opening: Option<&mut Opening>) -> Result<(Ws, Option<String>), String> {
     match opening {
         Some(future) => future.await,
         None => std::future::pending().await,

@@ -105,6 +105,10 @@ const HARD_INBOUND_LIMIT: usize = 4 * protocol::MAX_FRAME_BYTES;
 /// A source of wall-clock time (normally [`SystemTime::now`]).
 pub type WallClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
+/// Fetches a token before every connection attempt (see [`ClientBuilder::token_provider`]).
+pub type TokenProvider =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
 /// Where [`Client::record_activity`] leaves its mark: written by any thread without locks, read by the driver.
 pub(crate) struct ActivityCell {
     /// A TSC-based clock where the hardware has one: reading it is an instruction, not a syscall.
@@ -140,10 +144,9 @@ impl ActivityCell {
         }
     }
 
-    /// The core instant of a raw reading.
-    pub(crate) fn instant(&self, raw: u64) -> presently_core::Instant {
-        let elapsed = self.clock.delta(self.origin_raw, raw);
-        presently_core::Instant::from_millis(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+    /// Milliseconds of this clock from the origin to a raw reading.
+    fn elapsed_ms(&self, raw: u64) -> i64 {
+        i64::try_from(self.clock.delta(self.origin_raw, raw).as_millis()).unwrap_or(i64::MAX)
     }
 
     /// The latest raw reading (0 before any activity).
@@ -210,7 +213,12 @@ impl Shared {
         let raw = self.activity.last_raw();
         if raw != 0 && raw != *fed_raw {
             *fed_raw = raw;
-            core.handle_activity(self.activity.instant(raw), now);
+            // The activity clock and the driver's clock may drift apart over days: re-anchor on every use.
+            let activity = &self.activity;
+            let skew = i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+                - activity.elapsed_ms(activity.clock.raw());
+            let at = activity.elapsed_ms(raw).saturating_add(skew).max(0);
+            core.handle_activity(presently_core::Instant::from_millis(at as u64), now);
         }
     }
 
@@ -234,6 +242,7 @@ pub struct ClientBuilder {
     event_capacity: usize,
     dnd_schedule: Option<DndSchedule>,
     wall_clock: Option<WallClock>,
+    token_provider: Option<TokenProvider>,
     #[cfg(feature = "rustls")]
     tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -279,6 +288,19 @@ impl ClientBuilder {
         self
     }
 
+    /// Asks `provider` for a token before every connection attempt, so that short-lived tokens refresh by
+    /// themselves; a `token_expired` answer then means one immediate retry with a new token. A provider that
+    /// fails counts as a failed attempt (retried with backoff).
+    pub fn token_provider<F, Fut>(mut self, provider: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
+    {
+        self.token_provider = Some(Arc::new(move || Box::pin(provider())));
+        self.config.refreshable_token = true;
+        self
+    }
+
     /// The credential sent in `hello` (for the reference server, an HS256 JWT from your backend).
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.config.token = token.into();
@@ -320,7 +342,7 @@ impl ClientBuilder {
     /// How many events an [`EventStream`] buffers before a slow reader starts missing them (default 1,024;
     /// it then receives [`Event::Lagged`]).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.event_capacity = capacity.max(1);
+        self.event_capacity = capacity.clamp(1, 1 << 16);
         self
     }
 
@@ -407,6 +429,7 @@ impl ClientBuilder {
             driver::Target {
                 url: url.to_string(),
                 tls,
+                token_provider: self.token_provider,
             },
         ));
         Ok(Client {
@@ -423,6 +446,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("automation", &self.config.automation)
             .field("dnd_schedule", &self.dnd_schedule)
             .field("wall_clock", &WallClockDebug(&self.wall_clock))
+            .field("token_provider", &self.token_provider.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -462,6 +486,7 @@ impl Client {
             event_capacity: 1_024,
             dnd_schedule: None,
             wall_clock: None,
+            token_provider: None,
             #[cfg(feature = "rustls")]
             tls: None,
         }

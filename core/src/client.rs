@@ -28,9 +28,9 @@ use crate::backoff::ReconnectPolicy;
 use crate::dnd::DndSchedule;
 use crate::own_status::{self, Automation, AutomationConfig, Changes, DndState, StatusReason};
 use crate::protocol::{
-    self, ClientInfo, ClientMessage, DecodeError, ErrorCode, MAX_FRAME_BYTES,
-    MAX_SUBSCRIPTIONS_PER_SESSION, MAX_USERS_PER_REQUEST, PROTOCOL_VERSION, Presence, ServerInfo,
-    ServerMessage, Status, ValidationError,
+    self, Auto, AutoState, Choice, ClientInfo, ClientMessage, DecodeError, ErrorCode,
+    MAX_FRAME_BYTES, MAX_SUBSCRIPTIONS_PER_SESSION, MAX_USERS_PER_REQUEST, PROTOCOL_VERSION,
+    Presence, Resume, ServerInfo, ServerMessage, Status, ValidationError,
 };
 use crate::time::Instant;
 
@@ -60,6 +60,9 @@ pub struct ClientConfig {
     pub max_inbound_frame_bytes: usize,
     /// Idle detection and app lifecycle policy.
     pub automation: AutomationConfig,
+    /// The driver fetches a fresh token before every attempt (a token provider): a `token_expired` error then
+    /// means one immediate retry with a new token instead of failing.
+    pub refreshable_token: bool,
 }
 
 impl ClientConfig {
@@ -74,6 +77,7 @@ impl ClientConfig {
             probe_timeout: Duration::from_secs(5),
             max_inbound_frame_bytes: MAX_FRAME_BYTES,
             automation: AutomationConfig::default(),
+            refreshable_token: false,
         }
     }
 }
@@ -292,8 +296,12 @@ pub struct SessionInfo {
     pub max_frame_bytes: usize,
     /// The server software.
     pub server: ServerInfo,
-    /// When the session began, on the driver's clock.
+    /// When the session began (or was resumed), on the driver's clock.
     pub connected_at: Instant,
+    /// Whether this connection resumed an earlier session.
+    pub resumed: bool,
+    /// How long the server keeps the session after a drop.
+    pub resume_grace: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,14 +346,32 @@ pub struct Client {
     last_sent: Instant,
     last_received: Instant,
     probe_deadline: Option<Instant>,
-    /// What the application chose with `set_status`, if anything.
+    /// What the application chose with `set_status` (or another device, via `choice`), if anything.
     manual: Option<Status>,
+    /// When that choice was made, Unix ms, if the wall clock was known.
+    manual_chosen_at: Option<u64>,
     /// What the precedence table makes of `manual` and the automations: what the server is told.
     effective: Status,
     reason: StatusReason,
     automation: Automation,
-    /// The effective status changed after the last `hello` or `set_status` was sent.
-    status_dirty: bool,
+    /// The choice changed after the last `hello` or `set_status` was sent.
+    choice_dirty: bool,
+    /// The automatic state last sent to the server.
+    sent_auto: Auto,
+    /// The automatic state changed after the last `hello` or `set_auto` was sent.
+    auto_dirty: bool,
+    /// After `rate_limited`: when to send the latest choice and automatic state again.
+    resend_at: Option<Instant>,
+    /// The session to resume on the next attempt, and until when the server keeps it.
+    resumable: Option<(String, Instant)>,
+    /// The greatest record version received on the current session.
+    max_version_seen: u64,
+    /// The users the server has on this session's watch list (what was sent).
+    server_subscriptions: BTreeSet<String>,
+    /// When the first ping still unanswered was sent.
+    ping_outstanding: Option<Instant>,
+    /// A `token_expired` was answered with an immediate retry; a second one is fatal.
+    token_retry_used: bool,
     subscriptions: BTreeSet<String>,
     roster: BTreeMap<String, RosterEntry>,
     pending_queries: BTreeMap<String, QueryId>,
@@ -384,10 +410,19 @@ impl Client {
             last_received: Instant::ZERO,
             probe_deadline: None,
             manual: None,
+            manual_chosen_at: None,
             effective: Status::default(),
             reason: StatusReason::Manual,
             automation,
-            status_dirty: false,
+            choice_dirty: false,
+            sent_auto: Auto::default(),
+            auto_dirty: false,
+            resend_at: None,
+            resumable: None,
+            max_version_seen: 0,
+            server_subscriptions: BTreeSet::new(),
+            ping_outstanding: None,
+            token_retry_used: false,
             subscriptions: BTreeSet::new(),
             roster: BTreeMap::new(),
             pending_queries: BTreeMap::new(),
@@ -434,6 +469,7 @@ impl Client {
             self.transport.push_back(TransportCommand::Close);
         }
         self.link = Link::Closed;
+        self.resumable = None;
         self.end_session(QueryError::Disconnected);
         self.set_state(ConnectionState::Closed);
     }
@@ -445,7 +481,11 @@ impl Client {
     pub fn set_status(&mut self, status: Status, now: Instant) -> Result<(), ValidationError> {
         let status = protocol::normalize_status(status);
         protocol::validate_status(&status)?;
-        self.manual = Some(status);
+        if self.manual.as_ref() != Some(&status) {
+            self.manual = Some(status);
+            self.manual_chosen_at = self.automation.unix_ms_at(now);
+            self.send_choice(now);
+        }
         let changes = self.automation.activity(now, now);
         self.apply(
             Changes {
@@ -577,33 +617,92 @@ impl Client {
             self.automation.is_background_away(),
         );
         self.reason = reason;
-        if effective == self.effective {
-            return;
+        if effective != self.effective {
+            self.effective = effective.clone();
+            self.events
+                .push_back(Event::OwnStatusChanged { effective, reason });
         }
-        self.effective = effective.clone();
-        self.events.push_back(Event::OwnStatusChanged {
-            effective: effective.clone(),
-            reason,
-        });
-        if self.link == Link::Connected {
-            self.send(
-                ClientMessage::SetStatus {
-                    reference: None,
-                    status: effective,
-                },
-                now,
-            );
-            self.status_dirty = false;
-        } else {
-            self.status_dirty = true;
+        if self.current_auto() != self.sent_auto {
+            self.send_auto(now);
         }
     }
 
-    /// The status to announce in `hello`: none while nothing was chosen and no automation applies, so that a
-    /// second device does not override the user's status with a default.
-    fn announced_status(&self) -> Option<Status> {
-        (self.manual.is_some() || self.effective != Status::default())
-            .then(|| self.effective.clone())
+    /// This session's automatic state, as the server is told (protocol section 6.1).
+    fn current_auto(&self) -> Auto {
+        if let Some(message) = self.automation.dnd() {
+            return Auto {
+                state: AutoState::Dnd,
+                message: message.map(str::to_owned),
+            };
+        }
+        let state = if self.automation.is_idle() {
+            AutoState::Idle
+        } else if self.automation.is_background_away() {
+            AutoState::Background
+        } else {
+            AutoState::Active
+        };
+        Auto {
+            state,
+            message: None,
+        }
+    }
+
+    /// The choice as sent on the wire, if one was made.
+    fn current_choice(&self) -> Option<Choice> {
+        self.manual.clone().map(|status| Choice {
+            status,
+            chosen_at: self.manual_chosen_at,
+        })
+    }
+
+    fn send_choice(&mut self, now: Instant) {
+        let Some(choice) = self.current_choice() else {
+            return;
+        };
+        if self.link == Link::Connected && self.resend_at.is_none() {
+            self.send(
+                ClientMessage::SetStatus {
+                    reference: None,
+                    choice,
+                },
+                now,
+            );
+            self.choice_dirty = false;
+        } else {
+            self.choice_dirty = true;
+        }
+    }
+
+    fn send_auto(&mut self, now: Instant) {
+        let auto = self.current_auto();
+        if self.link == Link::Connected && self.resend_at.is_none() {
+            self.send(
+                ClientMessage::SetAuto {
+                    reference: None,
+                    auto: auto.clone(),
+                },
+                now,
+            );
+            self.sent_auto = auto;
+            self.auto_dirty = false;
+        } else {
+            self.auto_dirty = true;
+        }
+    }
+
+    /// Adopts the user's choice as the server reports it (made here or on another device).
+    fn adopt_choice(&mut self, choice: Choice, now: Instant) {
+        self.manual = Some(choice.status);
+        self.manual_chosen_at = choice.chosen_at;
+        self.choice_dirty = false;
+        self.apply(
+            Changes {
+                recompute: true,
+                ..Changes::default()
+            },
+            now,
+        );
     }
 
     /// Watches users. The watch list is kept across reconnects; users already watched are skipped.
@@ -627,6 +726,7 @@ impl Client {
         }
         self.subscriptions.extend(new.iter().cloned());
         if self.link == Link::Connected && !new.is_empty() {
+            self.server_subscriptions.extend(new.iter().cloned());
             self.send_user_lists(new, |users| ClientMessage::Subscribe { users }, now);
         }
         Ok(())
@@ -646,6 +746,9 @@ impl Client {
             }
         }
         if self.link == Link::Connected && !removed.is_empty() {
+            for user in &removed {
+                self.server_subscriptions.remove(user);
+            }
             self.send_user_lists(removed, |users| ClientMessage::Unsubscribe { users }, now);
         }
     }
@@ -692,7 +795,7 @@ impl Client {
             Link::Waiting { .. } => self.start_attempt(now),
             Link::Connected if self.probe_deadline.is_none() => {
                 self.probe_deadline = Some(now + self.config.probe_timeout);
-                self.send(ClientMessage::Ping { reference: None }, now);
+                self.send_ping(now);
             }
             _ => {}
         }
@@ -704,14 +807,27 @@ impl Client {
     pub fn handle_transport_open(&mut self, now: Instant) {
         if let Link::Opening { deadline } = self.link {
             self.last_received = now;
-            let status = self.announced_status();
-            self.status_dirty = false;
+            let auto = self.current_auto();
+            let resume = self
+                .resumable
+                .as_ref()
+                .filter(|(_, until)| now < *until)
+                .map(|(session_id, _)| Resume {
+                    session_id: session_id.clone(),
+                    last_version: self.max_version_seen,
+                });
+            self.choice_dirty = false;
+            self.auto_dirty = false;
+            self.sent_auto = auto.clone();
             self.send(
                 ClientMessage::Hello {
                     protocol: PROTOCOL_VERSION,
                     token: self.config.token.clone(),
                     client: self.config.client_info.clone(),
-                    status,
+                    // Only a choice this device made: a second device must not override the user with a default.
+                    status: self.current_choice(),
+                    auto: (auto != Auto::default()).then_some(auto),
+                    resume,
                 },
                 now,
             );
@@ -779,11 +895,27 @@ impl Client {
                     return;
                 };
                 if now >= self.liveness_deadline(interval) {
+                    if self.ping_outstanding.is_none() {
+                        // Silence we may have caused ourselves (a timer that fired late): ask first.
+                        self.send_ping(now);
+                        return;
+                    }
                     let silent = now.saturating_duration_since(self.last_received);
                     let reason = format!("no frame from the server for {} ms", silent.as_millis());
                     self.connection_lost(reason, Duration::ZERO, now);
-                } else if now >= self.last_sent + interval {
-                    self.send(ClientMessage::Ping { reference: None }, now);
+                    return;
+                }
+                if now >= self.last_sent + interval {
+                    self.send_ping(now);
+                }
+                if self.resend_at.is_some_and(|at| now >= at) {
+                    self.resend_at = None;
+                    if self.choice_dirty {
+                        self.send_choice(now);
+                    }
+                    if self.auto_dirty {
+                        self.send_auto(now);
+                    }
                 }
             }
             Link::Waiting { retry_at } if now >= retry_at => self.start_attempt(now),
@@ -801,6 +933,13 @@ impl Client {
     /// The next thing the driver must do with the transport.
     pub fn poll_transport(&mut self) -> Option<TransportCommand> {
         self.transport.pop_front()
+    }
+
+    /// Whether a transport command waits for the driver. While one does, what the driver learns about the
+    /// current transport (it opened, a frame, it closed) concerns a transport the core has given up: drivers
+    /// that may learn things out of order (several threads) drop such inputs and apply the commands first.
+    pub fn transport_pending(&self) -> bool {
+        !self.transport.is_empty()
     }
 
     /// The next event for the application.
@@ -823,10 +962,10 @@ impl Client {
             Link::Opening { deadline } | Link::Handshaking { deadline } => Some(deadline),
             Link::Connected => {
                 let interval = self.session.as_ref()?.heartbeat_interval;
-                Some(
-                    self.liveness_deadline(interval)
-                        .min(self.last_sent + interval),
-                )
+                let next = self
+                    .liveness_deadline(interval)
+                    .min(self.last_sent + interval);
+                Some(self.resend_at.map_or(next, |at| at.min(next)))
             }
             Link::Waiting { retry_at } => Some(retry_at),
             Link::Idle | Link::Closed | Link::Failed => None,
@@ -874,8 +1013,14 @@ impl Client {
             .map_or(MAX_FRAME_BYTES, |s| s.max_frame_bytes)
     }
 
+    /// When the link counts as dead: nothing for interval + grace since the last inbound frame, and our own ping
+    /// unanswered for the grace period.
     fn liveness_deadline(&self, interval: Duration) -> Instant {
-        let silent_deadline = self.last_received + interval + self.config.liveness_grace;
+        let grace = self.config.liveness_grace;
+        let silent_deadline = match self.ping_outstanding {
+            Some(sent) => (self.last_received + interval + grace).max(sent + grace),
+            None => self.last_received + interval + grace,
+        };
         self.probe_deadline
             .map_or(silent_deadline, |probe| probe.min(silent_deadline))
     }
@@ -883,6 +1028,12 @@ impl Client {
     fn note_inbound(&mut self, now: Instant) {
         self.last_received = now;
         self.probe_deadline = None;
+        self.ping_outstanding = None;
+    }
+
+    fn send_ping(&mut self, now: Instant) {
+        self.send(ClientMessage::Ping { reference: None }, now);
+        self.ping_outstanding.get_or_insert(now);
     }
 
     fn set_state(&mut self, state: ConnectionState) {
@@ -936,6 +1087,7 @@ impl Client {
         self.attempts_since_connected += 1;
         self.transmit.clear();
         self.probe_deadline = None;
+        self.ping_outstanding = None;
         self.transport.push_back(TransportCommand::Open);
         self.link = Link::Opening {
             deadline: now + self.config.connect_timeout,
@@ -967,6 +1119,9 @@ impl Client {
             }
         }
         tracing::debug!(%reason, "connection lost");
+        if let Some(session) = self.session.as_ref().filter(|s| !s.resume_grace.is_zero()) {
+            self.resumable = Some((session.session_id.clone(), now + session.resume_grace));
+        }
         self.transport.push_back(TransportCommand::Close);
         self.transmit.clear();
         self.end_session(QueryError::Disconnected);
@@ -983,6 +1138,7 @@ impl Client {
     }
 
     fn fail(&mut self, code: ErrorCode, message: String) {
+        self.resumable = None;
         self.transport.push_back(TransportCommand::Close);
         self.transmit.clear();
         self.link = Link::Failed;
@@ -1006,6 +1162,10 @@ impl Client {
                 session_ttl_ms,
                 max_frame_bytes,
                 server,
+                resume_grace_ms,
+                ping_interval_ms: _,
+                resumed,
+                choice,
             } => {
                 if !matches!(self.link, Link::Handshaking { .. }) {
                     self.stats.unexpected_messages += 1;
@@ -1030,10 +1190,14 @@ impl Client {
                             .clamp(1_024, MAX_FRAME_BYTES),
                         server,
                         connected_at: now,
+                        resumed,
+                        resume_grace: Duration::from_millis(resume_grace_ms),
                     },
+                    choice,
                     now,
                 );
             }
+            ServerMessage::Choice { status } if connected => self.adopt_choice(status, now),
             ServerMessage::Snapshot { users } if connected => {
                 for record in users {
                     self.apply_record(record);
@@ -1055,10 +1219,30 @@ impl Client {
                 message,
                 fatal,
                 reference,
+                retry_after_ms,
             } => {
+                if code == ErrorCode::TokenExpired
+                    && self.config.refreshable_token
+                    && !self.token_retry_used
+                {
+                    // The driver fetches a fresh token for every attempt: retry once, at once.
+                    self.token_retry_used = true;
+                    self.transport.push_back(TransportCommand::Close);
+                    self.end_session(QueryError::Disconnected);
+                    self.start_attempt(now);
+                    return;
+                }
                 if fatal || code.is_fatal() {
                     self.fail(code, message);
                     return;
+                }
+                if code == ErrorCode::RateLimited {
+                    // Nothing is lost: the latest choice and automatic state go out again after the delay.
+                    let delay =
+                        Duration::from_millis(retry_after_ms.unwrap_or(1_000).clamp(10, 60_000));
+                    self.resend_at = Some(now + delay);
+                    self.choice_dirty |= self.manual.is_some();
+                    self.auto_dirty = true;
                 }
                 if let Some(query_id) = reference.and_then(|r| self.pending_queries.remove(&r)) {
                     self.events.push_back(Event::QueryCompleted {
@@ -1091,36 +1275,59 @@ impl Client {
             ServerMessage::Snapshot { .. }
             | ServerMessage::Presence { .. }
             | ServerMessage::QueryResult { .. }
+            | ServerMessage::Choice { .. }
             | ServerMessage::Pong { .. } => self.stats.unexpected_messages += 1,
         }
     }
 
-    fn welcome(&mut self, session: SessionInfo, now: Instant) {
+    fn welcome(&mut self, session: SessionInfo, choice: Option<Choice>, now: Instant) {
         let session_id = session.session_id.clone();
+        let resumed = session.resumed;
         self.session = Some(session);
-        self.epoch += 1;
+        self.resumable = None;
+        self.token_retry_used = false;
+        if !resumed {
+            // A new session: the server knows nothing of this client; records of the old one are replaced.
+            self.epoch += 1;
+            self.max_version_seen = 0;
+            self.server_subscriptions.clear();
+        }
         self.stats.sessions += 1;
         self.attempts_since_connected = 0;
         self.link = Link::Connected;
         self.set_state(ConnectionState::Connected { session_id });
-        if self.status_dirty {
-            // Changed during the handshake, after hello had gone out.
-            self.send(
-                ClientMessage::SetStatus {
-                    reference: None,
-                    status: self.effective.clone(),
-                },
-                now,
-            );
-            self.status_dirty = false;
+        if let Some(choice) = choice {
+            self.adopt_choice(choice, now);
         }
-        if !self.subscriptions.is_empty() {
-            let users: Vec<String> = self.subscriptions.iter().cloned().collect();
-            self.send_user_lists(users, |users| ClientMessage::Subscribe { users }, now);
+        // Changed during the handshake, after hello had gone out.
+        if self.choice_dirty {
+            self.send_choice(now);
         }
+        if self.auto_dirty || self.current_auto() != self.sent_auto {
+            self.send_auto(now);
+        }
+        // Only the difference from what the server has (all of it for a new session).
+        let removed: Vec<String> = self
+            .server_subscriptions
+            .difference(&self.subscriptions)
+            .cloned()
+            .collect();
+        let added: Vec<String> = self
+            .subscriptions
+            .difference(&self.server_subscriptions)
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            self.send_user_lists(removed, |users| ClientMessage::Unsubscribe { users }, now);
+        }
+        if !added.is_empty() {
+            self.send_user_lists(added, |users| ClientMessage::Subscribe { users }, now);
+        }
+        self.server_subscriptions = self.subscriptions.clone();
     }
 
     fn apply_record(&mut self, record: Presence) {
+        self.max_version_seen = self.max_version_seen.max(record.version);
         if !self.subscriptions.contains(&record.user_id) {
             // An answer to a subscription the application has since dropped.
             self.stats.unexpected_messages += 1;

@@ -290,6 +290,11 @@ impl Automation {
         self.evaluate_schedule(now)
     }
 
+    /// Unix milliseconds at `at`, if the wall clock is known.
+    pub(crate) fn unix_ms_at(&self, at: Instant) -> Option<u64> {
+        self.unix_ms(at).and_then(|ms| u64::try_from(ms).ok())
+    }
+
     fn unix_ms(&self, at: Instant) -> Option<i64> {
         self.wall_offset.map(|offset| {
             i64::try_from(at.as_millis())

@@ -144,6 +144,83 @@ impl Default for Status {
     }
 }
 
+/// A user's explicit choice with the moment it was made (protocol section 6.1): the choice with the latest
+/// `chosen_at` wins across the user's devices.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Choice {
+    /// The chosen status.
+    #[serde(flatten)]
+    pub status: Status,
+    /// When the user made the choice, Unix time in milliseconds; `None` lets the server use its receipt time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_at: Option<u64>,
+}
+
+/// A session's automatic state (protocol section 6.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AutoState {
+    /// The user is active on this device.
+    #[default]
+    Active,
+    /// No local activity for the idle timeout.
+    Idle,
+    /// The app is in the background.
+    Background,
+    /// Do not disturb.
+    Dnd,
+}
+
+impl AutoState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutoState::Active => "active",
+            AutoState::Idle => "idle",
+            AutoState::Background => "background",
+            AutoState::Dnd => "dnd",
+        }
+    }
+}
+
+impl Serialize for AutoState {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AutoState {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(match name.as_ref() {
+            "idle" => AutoState::Idle,
+            "background" => AutoState::Background,
+            "dnd" => AutoState::Dnd,
+            // "active", and states a later version may add.
+            _ => AutoState::Active,
+        })
+    }
+}
+
+/// A session's automatic state with the DND message, as sent in `hello.auto` and `set_auto`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Auto {
+    /// The state.
+    pub state: AutoState,
+    /// With `Dnd`: the message watchers see instead of the choice's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What a client sends to resume a dropped session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Resume {
+    /// The session to resume.
+    pub session_id: String,
+    /// The greatest record version received on that session (0 if none).
+    #[serde(default)]
+    pub last_version: u64,
+}
+
 /// A user's presence as the server describes it (protocol section 3).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Presence {
@@ -263,6 +340,8 @@ pub enum ErrorCode {
     TooManyUsers,
     /// The session would watch too many users.
     TooManySubscriptions,
+    /// Too many status updates; retry after the delay the error carries.
+    RateLimited,
     /// A message larger than the frame limit.
     FrameTooLarge,
     /// The client did not read fast enough.
@@ -289,6 +368,7 @@ impl ErrorCode {
             ErrorCode::InvalidUserId => "invalid_user_id",
             ErrorCode::TooManyUsers => "too_many_users",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::SessionExpired => "session_expired",
@@ -310,6 +390,7 @@ impl ErrorCode {
             "invalid_user_id" => ErrorCode::InvalidUserId,
             "too_many_users" => ErrorCode::TooManyUsers,
             "too_many_subscriptions" => ErrorCode::TooManySubscriptions,
+            "rate_limited" => ErrorCode::RateLimited,
             "frame_too_large" => ErrorCode::FrameTooLarge,
             "slow_consumer" => ErrorCode::SlowConsumer,
             "session_expired" => ErrorCode::SessionExpired,
@@ -361,18 +442,33 @@ pub enum ClientMessage {
         token: String,
         /// Who is connecting.
         client: ClientInfo,
-        /// The initial status; absent means online.
+        /// The user's explicit choice, if this device made one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        status: Option<Status>,
+        status: Option<Choice>,
+        /// This session's automatic state; absent means active.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auto: Option<Auto>,
+        /// Resume a dropped session.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
     },
-    /// Replace the user's own status.
+    /// Set the user's explicit choice.
     SetStatus {
         /// Correlates an `error` with this request.
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
-        /// The new status.
+        /// The choice.
         #[serde(flatten)]
-        status: Status,
+        choice: Choice,
+    },
+    /// Set this session's automatic state.
+    SetAuto {
+        /// Correlates an `error` with this request.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// The state and DND message.
+        #[serde(flatten)]
+        auto: Auto,
     },
     /// Watch users: the server answers with a snapshot, then updates.
     Subscribe {
@@ -429,6 +525,23 @@ pub enum ServerMessage {
         max_frame_bytes: u64,
         /// Server software.
         server: ServerInfo,
+        /// How long the server keeps the session after its connection drops, in milliseconds (0: no resume).
+        #[serde(default)]
+        resume_grace_ms: u64,
+        /// How often the server sends WebSocket pings, in milliseconds, if it does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ping_interval_ms: Option<u64>,
+        /// Whether the hello resumed an existing session.
+        #[serde(default)]
+        resumed: bool,
+        /// The user's current explicit choice across their devices, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        choice: Option<Choice>,
+    },
+    /// The user's explicit choice changed (here or on another device).
+    Choice {
+        /// The choice.
+        status: Choice,
     },
     /// Full records of users listed in a `subscribe`.
     Snapshot {
@@ -469,6 +582,9 @@ pub enum ServerMessage {
         /// The request this error is about, if any.
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
+        /// With `rate_limited`: when to send again, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// The server is draining: reconnect later.
     Goaway {
@@ -752,15 +868,34 @@ mod tests {
                 protocol: 1,
                 token: "t".into(),
                 client: ClientInfo::new("n", "1", "linux"),
-                status: Some(
-                    Status::new(Availability::Busy)
+                status: Some(Choice {
+                    status: Status::new(Availability::Busy)
                         .with_message("Mixing")
                         .with_activity(Activity::new("in_studio", "Ableton Live 12")),
-                ),
+                    chosen_at: Some(17),
+                }),
+                auto: Some(Auto {
+                    state: AutoState::Dnd,
+                    message: Some("quiet".into()),
+                }),
+                resume: Some(Resume {
+                    session_id: "s".into(),
+                    last_version: 9,
+                }),
             },
             ClientMessage::SetStatus {
                 reference: Some("s1".into()),
-                status: Status::new(Availability::Away),
+                choice: Choice {
+                    status: Status::new(Availability::Away),
+                    chosen_at: None,
+                },
+            },
+            ClientMessage::SetAuto {
+                reference: None,
+                auto: Auto {
+                    state: AutoState::Idle,
+                    message: None,
+                },
             },
             ClientMessage::Subscribe {
                 users: vec!["bob".into()],
@@ -799,6 +934,19 @@ mod tests {
                     name: "x".into(),
                     version: "1".into(),
                 },
+                resume_grace_ms: 30_000,
+                ping_interval_ms: Some(15_000),
+                resumed: true,
+                choice: Some(Choice {
+                    status: Status::new(Availability::Busy),
+                    chosen_at: Some(5),
+                }),
+            },
+            ServerMessage::Choice {
+                status: Choice {
+                    status: Status::new(Availability::Online),
+                    chosen_at: Some(6),
+                },
             },
             ServerMessage::Snapshot {
                 users: vec![record("bob", Availability::Online, 3)],
@@ -819,6 +967,14 @@ mod tests {
                 message: "no".into(),
                 fatal: true,
                 reference: None,
+                retry_after_ms: None,
+            },
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+                fatal: false,
+                reference: None,
+                retry_after_ms: Some(200),
             },
             ServerMessage::Goaway {
                 reconnect_after_ms: 1000,
@@ -839,7 +995,10 @@ mod tests {
     fn wire_shapes_match_the_spec() {
         let set = ClientMessage::SetStatus {
             reference: None,
-            status: Status::new(Availability::Busy).with_message("m"),
+            choice: Choice {
+                status: Status::new(Availability::Busy).with_message("m"),
+                chosen_at: None,
+            },
         };
         assert_eq!(
             set.encode(),
@@ -886,7 +1045,8 @@ mod tests {
                 code: ErrorCode::Other("brand_new".into()),
                 message: "m".into(),
                 fatal: false,
-                reference: None
+                reference: None,
+                retry_after_ms: None,
             }
         );
     }

@@ -506,6 +506,7 @@ fn fatal_error_fails_the_client_and_it_never_retries_by_itself() {
         message: "bad signature".into(),
         fatal: true,
         reference: None,
+        retry_after_ms: None,
     });
     assert_eq!(
         h.client.state(),
@@ -543,6 +544,7 @@ fn known_fatal_codes_are_fatal_even_without_the_flag_and_unknown_codes_are_not()
         message: "?".into(),
         fatal: false,
         reference: None,
+        retry_after_ms: None,
     });
     assert!(matches!(
         h.client.state(),
@@ -553,6 +555,7 @@ fn known_fatal_codes_are_fatal_even_without_the_flag_and_unknown_codes_are_not()
         message: "expired".into(),
         fatal: false,
         reference: None,
+        retry_after_ms: None,
     });
     assert!(matches!(h.client.state(), ConnectionState::Failed { .. }));
 }
@@ -801,4 +804,219 @@ fn frames_outside_a_connection_are_ignored() {
     assert_eq!(h.client.state(), &ConnectionState::Idle);
     assert!(h.sent.is_empty());
     assert_eq!(h.opens, 0);
+}
+
+/// Waits out the reconnect delay and opens the transport (the hello is then in `h.sent`).
+fn reopen(h: &mut Harness) {
+    let retry_at = h.client.poll_timeout().unwrap();
+    h.advance(retry_at.as_millis() - h.now.as_millis());
+    h.open_transport();
+}
+
+#[test]
+fn a_reconnect_within_the_grace_resumes_and_only_sends_what_changed() {
+    let mut h = Harness::connected();
+    h.client.subscribe(["bob", "carol"], h.now).unwrap();
+    h.receive(ServerMessage::Snapshot {
+        users: vec![
+            record("bob", Availability::Online, 50),
+            record("carol", Availability::Busy, 40),
+        ],
+    });
+    h.client.handle_transport_closed("tunnel", h.now);
+    h.drain();
+    // While away: stop watching carol, start watching dave.
+    h.client.unsubscribe(["carol"], h.now);
+    h.client.subscribe(["dave"], h.now).unwrap();
+    h.sent.clear();
+    h.events.clear();
+    reopen(&mut h);
+    assert_eq!(
+        h.sent[0]["resume"],
+        serde_json::json!({"session_id": "s1", "last_version": 50})
+    );
+    h.welcome_with(true, None);
+    assert_eq!(h.sent_types(), ["hello", "unsubscribe", "subscribe"]);
+    assert_eq!(h.sent[1]["users"], serde_json::json!(["carol"]));
+    assert_eq!(h.sent[2]["users"], serde_json::json!(["dave"]));
+    assert!(matches!(h.client.session(), Some(s) if s.resumed));
+    // Same session: versions still order updates, nothing is replayed as a change.
+    h.receive(ServerMessage::Snapshot { users: vec![] });
+    h.receive(ServerMessage::Presence {
+        user: record("bob", Availability::Away, 49),
+    });
+    assert_eq!(
+        h.client.presence("bob").unwrap().availability,
+        Availability::Online,
+        "stale"
+    );
+    assert!(h.presence_events().is_empty());
+}
+
+#[test]
+fn after_the_grace_or_a_refused_resume_the_client_starts_afresh() {
+    let mut h = Harness::connected();
+    h.client.subscribe(["bob"], h.now).unwrap();
+    h.client.handle_transport_closed("down", h.now);
+    h.drain();
+    // The server refuses the resume (it restarted): everything is sent again.
+    h.sent.clear();
+    reopen(&mut h);
+    assert!(h.sent[0].get("resume").is_some());
+    h.welcome_with(false, None);
+    assert_eq!(h.sent_types(), ["hello", "subscribe"]);
+    // A long outage: past the grace, no resume is attempted.
+    h.client.handle_transport_closed("down", h.now);
+    h.drain();
+    for _ in 0..6 {
+        h.client.handle_transport_closed("refused", h.now);
+        reopen(&mut h);
+    }
+    h.advance(RESUME_GRACE);
+    h.client.handle_transport_closed("refused", h.now);
+    h.sent.clear();
+    reopen(&mut h);
+    assert!(h.sent[0].get("resume").is_none(), "{:?}", h.sent[0]);
+}
+
+#[test]
+fn a_timer_that_fires_late_asks_before_declaring_the_link_dead() {
+    let mut h = Harness::connected();
+    // A throttled background tab: the first timer runs a minute late, with nothing heard meanwhile.
+    h.now = Instant::from_millis(h.now.as_millis() + 60_000);
+    h.client.handle_timeout(h.now);
+    h.drain();
+    assert!(
+        matches!(h.client.state(), ConnectionState::Connected { .. }),
+        "not dead yet"
+    );
+    assert_eq!(h.sent_types(), ["ping"]);
+    h.advance(GRACE - 1);
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
+    h.receive(ServerMessage::Pong {
+        reference: None,
+        server_time_ms: None,
+    });
+    // The next timer is late again; this time the overdue ping goes unanswered for the grace: the link is dead.
+    h.sent.clear();
+    h.now = Instant::from_millis(h.now.as_millis() + 60_000);
+    h.client.handle_timeout(h.now);
+    h.drain();
+    assert_eq!(h.sent_types(), ["ping"]);
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
+    h.advance(GRACE);
+    assert!(h.events.iter().any(|e| matches!(
+        e,
+        Event::StateChanged { current: ConnectionState::Reconnecting { reason, .. }, .. }
+            if reason.contains("no frame from the server")
+    )));
+}
+
+#[test]
+fn rate_limited_updates_are_resent_once_with_the_latest_state() {
+    let mut h = Harness::connected();
+    h.client
+        .set_status(Status::new(Availability::Busy), h.now)
+        .unwrap();
+    h.receive(ServerMessage::Error {
+        code: ErrorCode::RateLimited,
+        message: "slow down".into(),
+        fatal: false,
+        reference: None,
+        retry_after_ms: Some(500),
+    });
+    h.client
+        .set_status(Status::new(Availability::Away).with_message("1"), h.now)
+        .unwrap();
+    h.client
+        .set_status(Status::new(Availability::Away).with_message("2"), h.now)
+        .unwrap();
+    h.drain();
+    assert_eq!(
+        h.sent_types(),
+        ["set_status"],
+        "nothing more until the delay has passed"
+    );
+    h.advance(499);
+    assert_eq!(h.sent.len(), 1);
+    h.advance(1);
+    let resent: Vec<&Value> = h.sent[1..]
+        .iter()
+        .filter(|f| f["type"] == "set_status")
+        .collect();
+    assert_eq!(resent.len(), 1, "the latest choice, once: {:?}", h.sent);
+    assert_eq!(resent[0]["message"], "2");
+    assert!(
+        matches!(h.client.state(), ConnectionState::Connected { .. }),
+        "not a disconnect"
+    );
+}
+
+#[test]
+fn a_choice_made_on_another_device_is_adopted_without_echo() {
+    let mut h = Harness::connected();
+    h.receive(ServerMessage::Choice {
+        status: presently_core::Choice {
+            status: Status::new(Availability::Busy).with_message("from my phone"),
+            chosen_at: Some(1_000),
+        },
+    });
+    assert_eq!(
+        h.client.manual_status().map(|s| s.availability),
+        Some(Availability::Busy)
+    );
+    assert_eq!(
+        h.client.effective_status().message.as_deref(),
+        Some("from my phone")
+    );
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, Event::OwnStatusChanged { .. }))
+    );
+    assert!(h.sent.is_empty(), "not sent back");
+    // On the next connection the adopted choice travels with its original time.
+    h.client.handle_transport_closed("drop", h.now);
+    h.drain();
+    reopen(&mut h);
+    assert_eq!(h.sent.last().unwrap()["status"]["chosen_at"], 1_000);
+}
+
+#[test]
+fn an_expired_token_is_refreshed_once_when_a_provider_is_configured() {
+    let mut c = config();
+    c.refreshable_token = true;
+    let mut h = Harness::with_config(c, 1);
+    h.client.connect(h.now);
+    h.drain();
+    h.open_transport();
+    let expired = || ServerMessage::Error {
+        code: ErrorCode::TokenExpired,
+        message: "expired".into(),
+        fatal: true,
+        reference: None,
+        retry_after_ms: None,
+    };
+    h.receive(expired());
+    assert_eq!(h.opens, 2, "retried at once with a fresh token");
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connecting { .. }
+    ));
+    h.open_transport();
+    h.receive(expired());
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Failed {
+            code: ErrorCode::TokenExpired,
+            ..
+        }
+    ));
+    assert_eq!(h.opens, 2, "no retry storm");
 }

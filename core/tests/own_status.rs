@@ -74,6 +74,21 @@ fn own_changes(h: &Harness) -> Vec<(Availability, Option<String>, StatusReason)>
         .collect()
 }
 
+/// The `set_auto` frames sent (this session's automatic state): (state, DND message).
+fn auto_frames(h: &Harness) -> Vec<(String, Option<String>)> {
+    h.sent
+        .iter()
+        .filter(|f| f["type"] == "set_auto")
+        .map(|f| {
+            (
+                f["state"].as_str().unwrap().to_owned(),
+                f["message"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// The `set_status` frames sent (the user's choice): (availability, message).
 fn status_frames(h: &Harness) -> Vec<(String, Option<String>)> {
     h.sent
         .iter()
@@ -114,15 +129,16 @@ fn idle_goes_away_after_the_timeout_and_activity_restores_exactly_what_was_there
         Some(Activity::new("in_studio", "Ableton Live 12"))
     );
     assert_eq!(
-        status_frames(&h),
-        [("away".into(), Some("Mixing".into()))],
-        "sent once"
+        auto_frames(&h),
+        [("idle".into(), None)],
+        "the server is told once"
     );
+    assert!(status_frames(&h).is_empty(), "the choice did not change");
 
     forget(&mut h);
     live(&mut h, 30 * MINUTE);
     assert!(
-        own_changes(&h).is_empty() && status_frames(&h).is_empty(),
+        own_changes(&h).is_empty() && h.sent_types().iter().all(|t| t == "ping"),
         "away stays away quietly"
     );
     h.client.handle_activity(h.now, h.now);
@@ -140,10 +156,7 @@ fn idle_goes_away_after_the_timeout_and_activity_restores_exactly_what_was_there
         &studio(),
         "exactly what was there before"
     );
-    assert_eq!(
-        status_frames(&h),
-        [("online".into(), Some("Mixing".into()))]
-    );
+    assert_eq!(auto_frames(&h), [("active".into(), None)]);
 }
 
 #[test]
@@ -282,9 +295,10 @@ fn background_policy_goes_away_and_foreground_restores_and_checks_the_link() {
     );
     assert_eq!(
         h.sent_types(),
-        ["set_status", "ping"],
+        ["set_auto", "ping"],
         "restored, then the link is probed"
     );
+    assert_eq!(auto_frames(&h), [("active".into(), None)]);
     // A short trip to the background changes nothing.
     forget(&mut h);
     h.client.app_backgrounded(h.now);
@@ -350,12 +364,13 @@ fn a_scheduled_window_makes_the_status_busy_exactly_at_its_start_and_releases_it
         )
     );
     assert_eq!(
-        status_frames(&h),
+        auto_frames(&h),
         [
-            ("busy".into(), Some("Focus time".into())),
-            ("online".into(), Some("Mixing".into()))
+            ("dnd".into(), Some("Focus time".into())),
+            ("active".into(), None)
         ]
     );
+    assert!(status_frames(&h).is_empty());
 }
 
 #[test]
@@ -518,9 +533,14 @@ fn idle_and_dnd_together_restore_in_the_right_order() {
         )
     );
     assert_eq!(
-        status_frames(&h).len(),
-        4,
-        "each change of the effective status sent once"
+        auto_frames(&h),
+        [
+            ("idle".into(), None),
+            ("dnd".into(), None),
+            ("idle".into(), None),
+            ("active".into(), None)
+        ],
+        "each change of the automatic state sent once"
     );
 }
 
@@ -544,8 +564,13 @@ fn changes_while_offline_reach_the_server_once_in_the_next_hello() {
     assert_eq!(own_changes(&h).len(), 2);
     h.reconnect();
     assert_eq!(h.sent_types(), ["hello"]);
-    assert_eq!(h.sent[0]["status"]["availability"], "busy");
-    assert_eq!(h.sent[0]["status"]["message"], "Call");
+    assert_eq!(h.sent[0]["status"]["availability"], "online", "the choice");
+    assert_eq!(h.sent[0]["status"]["message"], "Mixing");
+    assert_eq!(
+        h.sent[0]["auto"]["state"], "dnd",
+        "the latest automatic state, once"
+    );
+    assert_eq!(h.sent[0]["auto"]["message"], "Call");
 }
 
 #[test]

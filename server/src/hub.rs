@@ -1,15 +1,18 @@
-//! The server's presence state: users, their sessions and who watches whom, with fan-out of changes.
+//! The server's presence state: users, their sessions (attached to a connection or waiting to be resumed), who
+//! watches whom, and fan-out of changes.
 //!
 //! Everything happens under one lock, held only for map updates and non-blocking queue pushes, so that the
-//! order in which frames are queued to a session is the order of the changes: a snapshot queued while
-//! subscribing always precedes the updates that follow it.
+//! order in which frames are queued to a session is the order of the changes: a welcome precedes everything
+//! else, and a snapshot queued while subscribing precedes the updates that follow it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use presently_core::protocol::{ErrorCode, MAX_SUBSCRIPTIONS_PER_SESSION, ServerMessage};
+use presently_core::protocol::{
+    Auto, AutoState, Choice, ErrorCode, MAX_SUBSCRIPTIONS_PER_SESSION, ServerMessage,
+};
 use presently_core::{Availability, Presence, Status};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,11 +22,13 @@ use tokio_util::sync::CancellationToken;
 pub(crate) enum Outbound {
     /// A text frame (shared between all the watchers it fans out to).
     Frame(Arc<str>),
+    /// A WebSocket ping control frame.
+    Ping,
     /// Close the connection with this WebSocket close code and reason.
     Close(u16, &'static str),
 }
 
-/// Lets the hub stop a session from outside (slow consumer) with a reason the session reports.
+/// Lets the hub stop a connection from outside (slow consumer, taken over by a resume) with a reason.
 #[derive(Debug, Default)]
 pub(crate) struct SessionControl {
     token: CancellationToken,
@@ -45,76 +50,105 @@ impl SessionControl {
     }
 }
 
+/// The code with which a connection taken over by a resume is stopped.
+pub(crate) fn replaced() -> ErrorCode {
+    ErrorCode::Other("session_replaced".into())
+}
+
+/// A connection attached to a session.
+#[derive(Debug, Clone)]
+pub(crate) struct Conn {
+    pub(crate) tx: mpsc::Sender<Outbound>,
+    pub(crate) control: Arc<SessionControl>,
+}
+
+/// What the user's watchers see, without times and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shown {
+    availability: Availability,
+    message: Option<String>,
+    activity: Option<presently_core::Activity>,
+}
+
 #[derive(Debug)]
 struct UserState {
-    status: Status,
-    online_sessions: Vec<u64>,
+    /// The user-wide explicit choice and when it was made (Unix ms).
+    choice: Option<(Status, u64)>,
+    sessions: Vec<u64>,
     watchers: HashSet<u64>,
+    shown: Shown,
     last_active_at: Option<u64>,
     since: Option<u64>,
-    version: u64,
+    /// Whether the user was ever seen (a never-seen user's record has nulls and version 0).
+    seen: bool,
 }
 
 impl UserState {
     fn new() -> Self {
         UserState {
-            status: Status::default(),
-            online_sessions: Vec::new(),
+            choice: None,
+            sessions: Vec::new(),
             watchers: HashSet::new(),
-            last_active_at: None,
-            since: None,
-            version: 0,
-        }
-    }
-
-    fn record(&self, user_id: &str) -> Presence {
-        if self.online_sessions.is_empty() {
-            Presence {
-                user_id: user_id.to_owned(),
+            shown: Shown {
                 availability: Availability::Offline,
                 message: None,
                 activity: None,
-                last_active_at: self.last_active_at,
-                since: self.since,
-                version: self.version,
-            }
-        } else {
-            Presence {
-                user_id: user_id.to_owned(),
-                availability: self.status.availability,
-                message: self.status.message.clone(),
-                activity: self.status.activity.clone(),
-                last_active_at: self.last_active_at,
-                since: self.since,
-                version: self.version,
-            }
+            },
+            last_active_at: None,
+            since: None,
+            seen: false,
         }
     }
 
-    /// The next version: strictly greater than the last one and than every version issued before a restart
-    /// (protocol section 3.1).
-    fn bump(&mut self, now_micros: u64) {
-        self.version = (self.version + 1).max(now_micros);
+    fn record(&self, user_id: &str, version: u64) -> Presence {
+        if !self.seen {
+            return Presence::unknown(user_id);
+        }
+        Presence {
+            user_id: user_id.to_owned(),
+            availability: self.shown.availability,
+            message: self.shown.message.clone(),
+            activity: self.shown.activity.clone(),
+            last_active_at: self.last_active_at,
+            since: self.since,
+            version,
+        }
     }
 
     fn forgettable(&self) -> bool {
-        self.version == 0 && self.online_sessions.is_empty() && self.watchers.is_empty()
+        !self.seen && self.sessions.is_empty() && self.watchers.is_empty()
     }
 }
 
 #[derive(Debug)]
 struct SessionState {
+    public_id: String,
     user_id: String,
-    tx: mpsc::Sender<Outbound>,
-    control: Arc<SessionControl>,
-    watching: HashSet<String>,
+    /// The attached connection; `None` while waiting to be resumed.
+    conn: Option<Conn>,
+    /// Bumped on every attach, so that a stale connection's end does not detach a resumed session.
+    generation: u64,
+    auto: Auto,
+    /// Watched users and the version of the last record sent to this session for each.
+    watching: HashMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
 struct HubState {
     users: HashMap<String, UserState>,
     sessions: HashMap<u64, SessionState>,
+    by_public_id: HashMap<String, u64>,
     next_session: u64,
+    /// The server-wide version counter (protocol section 3.1).
+    clock: u64,
+}
+
+impl HubState {
+    /// The next version: strictly greater than every version issued before, here or before a restart.
+    fn stamp(&mut self) -> u64 {
+        self.clock = (self.clock + 1).max(unix_micros());
+        self.clock
+    }
 }
 
 /// Counters for tests, the demo and operators.
@@ -122,14 +156,27 @@ struct HubState {
 pub struct ServerStats {
     /// WebSocket connections accepted since start.
     pub connections_accepted: u64,
-    /// Sessions established (valid hello) since start.
+    /// Sessions established (new, not resumed) since start.
     pub sessions_started: u64,
-    /// Sessions up now.
+    /// Sessions resumed since start.
+    pub sessions_resumed: u64,
+    /// Sessions that exist now (attached or waiting to be resumed).
     pub sessions_active: u64,
+    /// Sessions waiting to be resumed now.
+    pub sessions_detached: u64,
     /// Users with at least one session now.
     pub users_online: u64,
-    /// Sessions stopped because their outbound queue overflowed.
+    /// Connections stopped because their outbound queue overflowed.
     pub slow_consumers: u64,
+}
+
+/// The user's session as the hub hands it to a connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Attached {
+    pub(crate) key: u64,
+    pub(crate) generation: u64,
+    pub(crate) public_id: String,
+    pub(crate) resumed: bool,
 }
 
 /// The presence state of one server.
@@ -138,6 +185,7 @@ pub(crate) struct Hub {
     state: Mutex<HubState>,
     pub(crate) connections_accepted: AtomicU64,
     sessions_started: AtomicU64,
+    sessions_resumed: AtomicU64,
     slow_consumers: AtomicU64,
 }
 
@@ -154,6 +202,9 @@ fn unix_micros() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// Builds the `welcome` frame once the session's public id, resumption and the user's choice are known.
+pub(crate) type WelcomeBuilder<'a> = &'a dyn Fn(&str, bool, Option<Choice>) -> Arc<str>;
+
 impl Hub {
     fn lock(&self) -> MutexGuard<'_, HubState> {
         // A panic while holding the lock leaves consistent maps behind (every update is a few inserts), so a
@@ -163,83 +214,192 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a new session of `user_id` with its initial status; returns the session's number.
+    /// Starts a new session of `user_id`, queues its `welcome`, and applies the choice and automatic state its
+    /// `hello` brought.
     pub(crate) fn join(
         &self,
         user_id: &str,
-        status: Option<Status>,
-        tx: mpsc::Sender<Outbound>,
-        control: Arc<SessionControl>,
-    ) -> u64 {
-        let mut state = self.lock();
+        choice: Option<Choice>,
+        auto: Option<Auto>,
+        conn: Conn,
+        welcome: WelcomeBuilder<'_>,
+    ) -> Attached {
+        let mut guard = self.lock();
+        let state = &mut *guard;
         state.next_session += 1;
-        let session_id = state.next_session;
+        let key = state.next_session;
+        let public_id = format!("s_{:016x}{:08x}", rand::random::<u64>(), key);
         state.sessions.insert(
-            session_id,
+            key,
             SessionState {
+                public_id: public_id.clone(),
                 user_id: user_id.to_owned(),
-                tx,
-                control,
-                watching: HashSet::new(),
+                conn: Some(conn.clone()),
+                generation: 1,
+                auto: auto.unwrap_or_default(),
+                watching: HashMap::new(),
             },
         );
+        state.by_public_id.insert(public_id.clone(), key);
         self.sessions_started.fetch_add(1, Ordering::Relaxed);
-        let now = unix_millis();
         let user = state
             .users
             .entry(user_id.to_owned())
             .or_insert_with(UserState::new);
-        let before = (!user.online_sessions.is_empty()).then(|| user.record(user_id));
-        user.online_sessions.push(session_id);
-        match (&before, status) {
-            // The user comes online with the status this session brings, or plain online.
-            (None, status) => user.status = status.unwrap_or_default(),
-            // Explicit choices are user-wide: the latest one wins.
-            (Some(_), Some(status)) => user.status = status,
-            // Another device without an explicit status leaves the user's status alone.
-            (Some(_), None) => {}
+        user.sessions.push(key);
+        let choice_changed = choice.is_some_and(|c| apply_choice(user, c));
+        let current = current_choice(user);
+        self.push(&conn, welcome(&public_id, false, current));
+        if choice_changed {
+            self.send_choice(state, user_id);
         }
-        user.last_active_at = Some(now);
-        let availability = user.record(user_id).availability;
-        if before
-            .as_ref()
-            .is_none_or(|b| b.availability != availability)
-        {
-            user.since = Some(now);
+        self.refresh(state, user_id, Some(unix_millis()));
+        Attached {
+            key,
+            generation: 1,
+            public_id,
+            resumed: false,
         }
-        user.bump(unix_micros());
-        Self::broadcast(&state, user_id, &self.slow_consumers);
-        session_id
     }
 
-    /// Applies a validated `set_status` from a session.
-    pub(crate) fn set_status(&self, session_id: u64, status: Status) {
+    /// Reattaches a session waiting to be resumed (or still attached to a connection the server has not seen
+    /// die), queues `welcome` and the snapshot of what changed after `last_version`. `None` if the session
+    /// cannot be resumed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn resume(
+        &self,
+        user_id: &str,
+        public_id: &str,
+        last_version: u64,
+        choice: Option<Choice>,
+        auto: Option<Auto>,
+        conn: Conn,
+        welcome: WelcomeBuilder<'_>,
+    ) -> Option<Attached> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let key = *state.by_public_id.get(public_id)?;
+        let session = state.sessions.get_mut(&key)?;
+        if session.user_id != user_id {
+            return None;
+        }
+        if let Some(old) = session.conn.take() {
+            old.control.stop(replaced());
+        }
+        session.generation += 1;
+        session.conn = Some(conn.clone());
+        let generation = session.generation;
+        if let Some(auto) = auto {
+            session.auto = auto;
+        }
+        let watched: Vec<(String, u64)> = session
+            .watching
+            .iter()
+            .map(|(u, v)| (u.clone(), *v))
+            .collect();
+        self.sessions_resumed.fetch_add(1, Ordering::Relaxed);
+        let choice_changed = match state.users.get_mut(user_id) {
+            Some(user) => choice.is_some_and(|c| apply_choice(user, c)),
+            None => false,
+        };
+        let current = state.users.get(user_id).and_then(current_choice);
+        self.push(&conn, welcome(public_id, true, current));
+        // What changed while the connection was away: every watched user whose last record sent to this session
+        // is newer than what the client saw.
+        let stamp = state.stamp();
+        let mut records = Vec::new();
+        for (watched_user, sent_version) in watched {
+            if sent_version > last_version {
+                if let Some(user) = state.users.get(&watched_user) {
+                    records.push(user.record(&watched_user, stamp));
+                }
+                if let Some(session) = state.sessions.get_mut(&key) {
+                    session.watching.insert(watched_user, stamp);
+                }
+            }
+        }
+        self.push(
+            &conn,
+            ServerMessage::Snapshot { users: records }.encode().into(),
+        );
+        if choice_changed {
+            self.send_choice(state, user_id);
+        }
+        self.refresh(state, user_id, None);
+        Some(Attached {
+            key,
+            generation,
+            public_id: public_id.to_owned(),
+            resumed: true,
+        })
+    }
+
+    /// The connection of generation `generation` ended without `bye`: keep the session for a resume. Returns
+    /// `false` if the session was already resumed on another connection or is gone.
+    pub(crate) fn detach(&self, key: u64, generation: u64) -> bool {
         let mut state = self.lock();
-        let Some(user_id) = state.sessions.get(&session_id).map(|s| s.user_id.clone()) else {
+        match state.sessions.get_mut(&key) {
+            Some(session) if session.generation == generation => {
+                session.conn = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The resume grace of a detached session ran out: end it, unless it was resumed meanwhile.
+    pub(crate) fn expire(&self, key: u64, generation: u64, last_inbound_at: u64) {
+        let detached = {
+            let state = self.lock();
+            state
+                .sessions
+                .get(&key)
+                .is_some_and(|s| s.generation == generation && s.conn.is_none())
+        };
+        if detached {
+            self.leave(key, last_inbound_at);
+        }
+    }
+
+    /// Applies a validated explicit choice from a session.
+    pub(crate) fn set_choice(&self, key: u64, choice: Choice) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(user_id) = state.sessions.get(&key).map(|s| s.user_id.clone()) else {
             return;
         };
         let Some(user) = state.users.get_mut(&user_id) else {
             return;
         };
-        if user.status == status {
+        if apply_choice(user, choice) {
+            self.send_choice(state, &user_id);
+            self.refresh(state, &user_id, Some(unix_millis()));
+        }
+    }
+
+    /// Applies a validated automatic state from a session.
+    pub(crate) fn set_auto(&self, key: u64, auto: Auto) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(session) = state.sessions.get_mut(&key) else {
+            return;
+        };
+        if session.auto == auto {
             return;
         }
-        let now = unix_millis();
-        if user.status.availability != status.availability {
-            user.since = Some(now);
-        }
-        user.status = status;
-        user.last_active_at = Some(now);
-        user.bump(unix_micros());
-        Self::broadcast(&state, &user_id, &self.slow_consumers);
+        let active = auto.state == AutoState::Active;
+        session.auto = auto;
+        let user_id = session.user_id.clone();
+        self.refresh(state, &user_id, active.then(unix_millis));
     }
 
     /// Adds users to a session's watch list and queues the snapshot. Returns the error to report if the
     /// session's limit cut the list short.
-    pub(crate) fn subscribe(&self, session_id: u64, users: Vec<String>) -> Option<ErrorCode> {
+    pub(crate) fn subscribe(&self, key: u64, users: Vec<String>) -> Option<ErrorCode> {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let session = state.sessions.get_mut(&session_id)?;
+        let stamp = state.stamp();
+        let session = state.sessions.get_mut(&key)?;
         let mut listed = HashSet::new();
         let mut records = Vec::new();
         let mut cut_short = None;
@@ -247,39 +407,41 @@ impl Hub {
             if !listed.insert(user_id.clone()) {
                 continue;
             }
-            if !session.watching.contains(&user_id) {
-                if session.watching.len() >= MAX_SUBSCRIPTIONS_PER_SESSION {
-                    cut_short = Some(ErrorCode::TooManySubscriptions);
-                    continue;
-                }
-                session.watching.insert(user_id.clone());
+            if !session.watching.contains_key(&user_id)
+                && session.watching.len() >= MAX_SUBSCRIPTIONS_PER_SESSION
+            {
+                cut_short = Some(ErrorCode::TooManySubscriptions);
+                continue;
             }
+            session.watching.insert(user_id.clone(), stamp);
             let user = state
                 .users
                 .entry(user_id.clone())
                 .or_insert_with(UserState::new);
-            user.watchers.insert(session_id);
-            records.push(user.record(&user_id));
+            user.watchers.insert(key);
+            records.push(user.record(&user_id, stamp));
         }
-        let frame: Arc<str> = ServerMessage::Snapshot { users: records }.encode().into();
-        let tx = session.tx.clone();
-        let control = session.control.clone();
-        Self::push_to(&tx, &control, frame, &self.slow_consumers);
+        if let Some(conn) = session.conn.clone() {
+            self.push(
+                &conn,
+                ServerMessage::Snapshot { users: records }.encode().into(),
+            );
+        }
         cut_short
     }
 
     /// Removes users from a session's watch list.
-    pub(crate) fn unsubscribe(&self, session_id: u64, users: &[String]) {
+    pub(crate) fn unsubscribe(&self, key: u64, users: &[String]) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let Some(session) = state.sessions.get_mut(&session_id) else {
+        let Some(session) = state.sessions.get_mut(&key) else {
             return;
         };
         for user_id in users {
-            if session.watching.remove(user_id)
+            if session.watching.remove(user_id).is_some()
                 && let Some(user) = state.users.get_mut(user_id)
             {
-                user.watchers.remove(&session_id);
+                user.watchers.remove(&key);
                 if user.forgettable() {
                     state.users.remove(user_id);
                 }
@@ -289,31 +451,33 @@ impl Hub {
 
     /// The current records of `users`, one per distinct user in the order first listed.
     pub(crate) fn query(&self, users: &[String]) -> Vec<Presence> {
-        let state = self.lock();
+        let mut state = self.lock();
+        let stamp = state.stamp();
         let mut listed = HashSet::new();
         users
             .iter()
             .filter(|u| listed.insert(u.as_str()))
             .map(|u| {
-                state
-                    .users
-                    .get(u)
-                    .map_or_else(|| Presence::unknown(u.as_str()), |user| user.record(u))
+                state.users.get(u).map_or_else(
+                    || Presence::unknown(u.as_str()),
+                    |user| user.record(u, stamp),
+                )
             })
             .collect()
     }
 
     /// Ends a session. If it was the user's last, the user goes offline with `last_inbound_at` (Unix ms, when
     /// the session's last frame arrived) as their last active time.
-    pub(crate) fn leave(&self, session_id: u64, last_inbound_at: u64) {
+    pub(crate) fn leave(&self, key: u64, last_inbound_at: u64) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let Some(session) = state.sessions.remove(&session_id) else {
+        let Some(session) = state.sessions.remove(&key) else {
             return;
         };
-        for watched in &session.watching {
+        state.by_public_id.remove(&session.public_id);
+        for watched in session.watching.keys() {
             if let Some(user) = state.users.get_mut(watched) {
-                user.watchers.remove(&session_id);
+                user.watchers.remove(&key);
                 if user.forgettable() {
                     state.users.remove(watched);
                 }
@@ -322,15 +486,13 @@ impl Hub {
         let Some(user) = state.users.get_mut(&session.user_id) else {
             return;
         };
-        user.online_sessions.retain(|s| *s != session_id);
-        if user.online_sessions.is_empty() {
-            let now = unix_millis();
-            user.since = Some(now);
+        user.sessions.retain(|s| *s != key);
+        if user.sessions.is_empty() {
+            // The choice lasts while the user has a session.
+            user.choice = None;
             user.last_active_at = Some(user.last_active_at.unwrap_or(0).max(last_inbound_at));
-            user.status = Status::default();
-            user.bump(unix_micros());
-            Self::broadcast(state, &session.user_id, &self.slow_consumers);
         }
+        self.refresh(state, &session.user_id, None);
     }
 
     /// Counters.
@@ -339,59 +501,242 @@ impl Hub {
         ServerStats {
             connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
             sessions_started: self.sessions_started.load(Ordering::Relaxed),
+            sessions_resumed: self.sessions_resumed.load(Ordering::Relaxed),
             sessions_active: state.sessions.len() as u64,
+            sessions_detached: state.sessions.values().filter(|s| s.conn.is_none()).count() as u64,
             users_online: state
                 .users
                 .values()
-                .filter(|u| !u.online_sessions.is_empty())
+                .filter(|u| !u.sessions.is_empty())
                 .count() as u64,
             slow_consumers: self.slow_consumers.load(Ordering::Relaxed),
         }
     }
 
-    /// Queues the user's current record to every watcher, encoding it once.
-    fn broadcast(state: &HubState, user_id: &str, slow_consumers: &AtomicU64) {
+    /// Recomputes what the user's watchers see (protocol section 6.1) and, if it changed, fans it out.
+    /// `active_at` is the Unix ms at which the user was active, if the cause of the change says so.
+    fn refresh(&self, state: &mut HubState, user_id: &str, active_at: Option<u64>) {
         let Some(user) = state.users.get(user_id) else {
             return;
         };
-        if user.watchers.is_empty() {
+        let shown = if user.sessions.is_empty() {
+            Shown {
+                availability: Availability::Offline,
+                message: None,
+                activity: None,
+            }
+        } else {
+            let autos: Vec<&Auto> = user
+                .sessions
+                .iter()
+                .filter_map(|k| state.sessions.get(k))
+                .map(|s| &s.auto)
+                .collect();
+            aggregate(user.choice.as_ref().map(|(s, _)| s), &autos)
+        };
+        let Some(user) = state.users.get_mut(user_id) else {
+            return;
+        };
+        if let Some(at) = active_at {
+            user.last_active_at = Some(at);
+        }
+        if user.seen && shown == user.shown {
             return;
         }
+        let now = unix_millis();
+        if !user.seen || shown.availability != user.shown.availability {
+            user.since = Some(now);
+        }
+        if user.last_active_at.is_none() {
+            user.last_active_at = Some(now);
+        }
+        user.seen = true;
+        user.shown = shown;
+        self.broadcast(state, user_id);
+    }
+
+    /// Queues the user's current record to every watcher, encoding it once, and notes the version sent.
+    fn broadcast(&self, state: &mut HubState, user_id: &str) {
+        if state
+            .users
+            .get(user_id)
+            .is_none_or(|u| u.watchers.is_empty())
+        {
+            return;
+        }
+        let stamp = state.stamp();
+        let Some(user) = state.users.get(user_id) else {
+            return;
+        };
         let frame: Arc<str> = ServerMessage::Presence {
-            user: user.record(user_id),
+            user: user.record(user_id, stamp),
         }
         .encode()
         .into();
-        for watcher in &user.watchers {
-            if let Some(session) = state.sessions.get(watcher) {
-                Self::push_to(&session.tx, &session.control, frame.clone(), slow_consumers);
+        let watchers: Vec<u64> = user.watchers.iter().copied().collect();
+        for watcher in watchers {
+            if let Some(session) = state.sessions.get_mut(&watcher) {
+                // Noted even while detached: a resume then knows this record was missed.
+                session.watching.insert(user_id.to_owned(), stamp);
+                if let Some(conn) = &session.conn {
+                    self.push(conn, frame.clone());
+                }
             }
         }
     }
 
-    /// Queues a frame to a session without waiting (see [`Hub::push_to`]).
-    pub(crate) fn push(
-        &self,
-        tx: &mpsc::Sender<Outbound>,
-        control: &SessionControl,
-        frame: Arc<str>,
-    ) {
-        Self::push_to(tx, control, frame, &self.slow_consumers);
+    /// Tells every attached session of the user its current choice.
+    fn send_choice(&self, state: &HubState, user_id: &str) {
+        let Some(user) = state.users.get(user_id) else {
+            return;
+        };
+        let Some(choice) = current_choice(user) else {
+            return;
+        };
+        let frame: Arc<str> = ServerMessage::Choice { status: choice }.encode().into();
+        for key in &user.sessions {
+            if let Some(conn) = state.sessions.get(key).and_then(|s| s.conn.as_ref()) {
+                self.push(conn, frame.clone());
+            }
+        }
     }
 
-    /// Queues a frame without waiting; a full queue stops the session as a slow consumer rather than buffering
-    /// without bound or holding the lock.
-    fn push_to(
-        tx: &mpsc::Sender<Outbound>,
-        control: &SessionControl,
-        frame: Arc<str>,
-        slow_consumers: &AtomicU64,
-    ) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(Outbound::Frame(frame)) {
-            if control.reason().is_none() {
-                slow_consumers.fetch_add(1, Ordering::Relaxed);
+    /// Queues a frame without waiting; a full queue stops the connection as a slow consumer rather than
+    /// buffering without bound or holding the lock. A closed queue (a connection that just ended) is ignored.
+    pub(crate) fn push(&self, conn: &Conn, frame: Arc<str>) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = conn.tx.try_send(Outbound::Frame(frame)) {
+            if conn.control.reason().is_none() {
+                self.slow_consumers.fetch_add(1, Ordering::Relaxed);
             }
-            control.stop(ErrorCode::SlowConsumer);
+            conn.control.stop(ErrorCode::SlowConsumer);
         }
+    }
+}
+
+fn current_choice(user: &UserState) -> Option<Choice> {
+    user.choice.as_ref().map(|(status, at)| Choice {
+        status: status.clone(),
+        chosen_at: Some(*at),
+    })
+}
+
+/// Adopts `choice` as the user's if it is newer than the current one (protocol section 6.1). A choice without
+/// a time is timed at its receipt, after the current one.
+fn apply_choice(user: &mut UserState, choice: Choice) -> bool {
+    let current = user.choice.as_ref().map(|(_, at)| *at);
+    let chosen_at = choice
+        .chosen_at
+        .unwrap_or_else(|| unix_millis().max(current.map_or(0, |c| c + 1)));
+    if current.is_some_and(|c| chosen_at <= c) {
+        return false;
+    }
+    user.choice = Some((choice.status, chosen_at));
+    true
+}
+
+/// The precedence of protocol section 6.1: the user-wide choice and the sessions' automatic states.
+fn aggregate(choice: Option<&Status>, autos: &[&Auto]) -> Shown {
+    let choice = choice.cloned().unwrap_or_default();
+    let shown = |availability, message: Option<String>| Shown {
+        availability,
+        message,
+        activity: choice.activity.clone(),
+    };
+    if choice.availability == Availability::Busy {
+        return shown(Availability::Busy, choice.message.clone());
+    }
+    if let Some(dnd) = autos.iter().find(|a| a.state == AutoState::Dnd) {
+        return shown(
+            Availability::Busy,
+            dnd.message.clone().or_else(|| choice.message.clone()),
+        );
+    }
+    if choice.availability == Availability::Away {
+        return shown(Availability::Away, choice.message.clone());
+    }
+    if autos.iter().any(|a| a.state == AutoState::Active) {
+        return shown(choice.availability, choice.message.clone());
+    }
+    shown(Availability::Away, choice.message.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auto(state: AutoState) -> Auto {
+        Auto {
+            state,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn aggregation_rules() {
+        use AutoState::*;
+        let online = Status::new(Availability::Online).with_message("hi");
+        let busy = Status::new(Availability::Busy);
+        let away = Status::new(Availability::Away);
+        let dnd = Auto {
+            state: Dnd,
+            message: Some("quiet".into()),
+        };
+        let a = |s: &Shown| s.availability;
+        // An idle plugin and an active phone show online.
+        assert_eq!(
+            a(&aggregate(Some(&online), &[&auto(Idle), &auto(Active)])),
+            Availability::Online
+        );
+        // Busy chosen anywhere shows busy, whatever the sessions do.
+        assert_eq!(
+            a(&aggregate(Some(&busy), &[&auto(Idle), &auto(Background)])),
+            Availability::Busy
+        );
+        // One session in DND makes the user busy with its message.
+        let shown = aggregate(Some(&online), &[&auto(Active), &dnd]);
+        assert_eq!(
+            (shown.availability, shown.message.as_deref()),
+            (Availability::Busy, Some("quiet"))
+        );
+        // Away chosen beats activity; every session idle or in the background is away.
+        assert_eq!(
+            a(&aggregate(Some(&away), &[&auto(Active)])),
+            Availability::Away
+        );
+        assert_eq!(
+            a(&aggregate(Some(&online), &[&auto(Idle), &auto(Background)])),
+            Availability::Away
+        );
+        // No choice at all: online while a session is active.
+        assert_eq!(a(&aggregate(None, &[&auto(Active)])), Availability::Online);
+    }
+
+    #[test]
+    fn only_newer_choices_win() {
+        let mut user = UserState::new();
+        let choice = |availability, at| Choice {
+            status: Status::new(availability),
+            chosen_at: Some(at),
+        };
+        assert!(apply_choice(&mut user, choice(Availability::Busy, 100)));
+        assert!(
+            !apply_choice(&mut user, choice(Availability::Online, 90)),
+            "an older choice from a reconnecting device"
+        );
+        assert!(
+            !apply_choice(&mut user, choice(Availability::Online, 100)),
+            "not later"
+        );
+        assert!(apply_choice(&mut user, choice(Availability::Away, 101)));
+        assert!(
+            apply_choice(
+                &mut user,
+                Choice {
+                    status: Status::new(Availability::Online),
+                    chosen_at: None
+                }
+            ),
+            "untimed choices are timed at receipt, after the current one"
+        );
     }
 }

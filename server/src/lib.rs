@@ -65,6 +65,15 @@ pub struct ServerConfig {
     pub outbound_queue: usize,
     /// How long [`RunningServer::shutdown`] waits for sessions to end after `goaway`. Default 5 s.
     pub drain_timeout: Duration,
+    /// How long a session whose connection dropped is kept for a resume, announced in `welcome`. Default 30 s;
+    /// zero ends sessions at once.
+    pub resume_grace: Duration,
+    /// How often to send WebSocket ping control frames; `None` sends none. Default: the heartbeat interval.
+    pub ping_interval: Option<Duration>,
+    /// Status updates (`set_status`, `set_auto`) one connection may send at once. Default 10.
+    pub status_burst: u32,
+    /// Status updates per second one connection may sustain. Default 5.
+    pub status_per_second: f64,
 }
 
 impl ServerConfig {
@@ -80,6 +89,10 @@ impl ServerConfig {
             goaway_reconnect_after: Duration::from_secs(1),
             outbound_queue: 1_024,
             drain_timeout: Duration::from_secs(5),
+            resume_grace: Duration::from_secs(30),
+            ping_interval: Some(Duration::from_secs(15)),
+            status_burst: 10,
+            status_per_second: 5.0,
         }
     }
 
@@ -87,6 +100,7 @@ impl ServerConfig {
     pub fn with_heartbeat(mut self, interval: Duration, session_ttl: Duration) -> Self {
         self.heartbeat_interval = interval;
         self.session_ttl = session_ttl;
+        self.ping_interval = self.ping_interval.map(|_| interval);
         self
     }
 }

@@ -8,15 +8,15 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use presently_core::protocol::{
-    self, ClientMessage, ErrorCode, MAX_REF_BYTES, MAX_USERS_PER_REQUEST, PROTOCOL_VERSION,
-    ServerInfo, ServerMessage, ValidationError,
+    self, Auto, Choice, ClientMessage, ErrorCode, MAX_REF_BYTES, MAX_USERS_PER_REQUEST,
+    PROTOCOL_VERSION, Resume, ServerInfo, ServerMessage, ValidationError,
 };
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Context;
 use crate::auth::AuthError;
-use crate::hub::{Outbound, SessionControl, unix_millis};
+use crate::hub::{Attached, Conn, Outbound, SessionControl, unix_millis};
 
 /// WebSocket close codes used by the server (protocol sections 6 and 7).
 mod close_code {
@@ -33,12 +33,22 @@ type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
 
 fn error_frame(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Arc<str> {
+    error_frame_retry(code, message, reference, None)
+}
+
+fn error_frame_retry(
+    code: ErrorCode,
+    message: impl Into<String>,
+    reference: Option<String>,
+    retry_after_ms: Option<u64>,
+) -> Arc<str> {
     let fatal = code.is_fatal();
     ServerMessage::Error {
         code,
         message: message.into(),
         fatal,
         reference,
+        retry_after_ms,
     }
     .encode()
     .into()
@@ -91,12 +101,17 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
         }
         Ok(Some(Ok(text))) => text,
     };
-    let (token, client, status) = match ClientMessage::decode(&text, ctx.config.max_frame_bytes) {
+    let (token, client, status, auto, resume) = match ClientMessage::decode(
+        &text,
+        ctx.config.max_frame_bytes,
+    ) {
         Ok(ClientMessage::Hello {
             protocol,
             token,
             client,
             status,
+            auto,
+            resume,
         }) => {
             if protocol != PROTOCOL_VERSION {
                 let message = format!(
@@ -110,7 +125,7 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
                 )
                 .await;
             }
-            (token, client, status)
+            (token, client, status, auto, resume)
         }
         Ok(_) => {
             let message = "the first frame must be hello".to_owned();
@@ -131,61 +146,182 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
             return reject(sink, ErrorCode::InvalidToken, why, close_code::POLICY).await;
         }
     };
-    // An invalid initial status does not stop the session: it starts online and the client is told why.
+    // An invalid initial status does not stop the session: it starts without it and the client is told why.
     let mut status_error = None;
-    let status =
-        status
-            .map(protocol::normalize_status)
-            .and_then(|s| match protocol::validate_status(&s) {
-                Ok(()) => Some(s),
-                Err(e) => {
-                    status_error = Some(e);
-                    None
-                }
-            });
+    let status = status.and_then(|c| match validate_choice(c) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            status_error = Some(e);
+            None
+        }
+    });
+    let auto = auto.and_then(|a| match validate_auto(a) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            status_error = Some(e);
+            None
+        }
+    });
 
     let (tx, rx) = mpsc::channel(ctx.config.outbound_queue);
     let control = Arc::new(SessionControl::default());
-    let session = ctx.hub.join(&user_id, status, tx.clone(), control.clone());
-    let session_id = format!("s_{:016x}", rand::random::<u64>());
-    tracing::info!(
-        %user_id, %session_id, client = %client.name, version = %client.version, platform = %client.platform,
-        "session started"
-    );
-    let mut conn = Connection {
-        ctx: ctx.clone(),
-        session,
-        tx,
+    let conn = Conn {
+        tx: tx.clone(),
         control: control.clone(),
     };
-    conn.queue(
+    let config = &ctx.config;
+    let welcome = |session_id: &str, resumed: bool, choice: Option<Choice>| -> Arc<str> {
         ServerMessage::Welcome {
             protocol: PROTOCOL_VERSION,
-            session_id,
+            session_id: session_id.to_owned(),
             user_id: user_id.clone(),
-            heartbeat_interval_ms: millis(ctx.config.heartbeat_interval),
-            session_ttl_ms: millis(ctx.config.session_ttl),
-            max_frame_bytes: ctx.config.max_frame_bytes as u64,
+            heartbeat_interval_ms: millis(config.heartbeat_interval),
+            session_ttl_ms: millis(config.session_ttl),
+            max_frame_bytes: config.max_frame_bytes as u64,
             server: ServerInfo {
                 name: "presently-server".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
             },
+            resume_grace_ms: millis(config.resume_grace),
+            ping_interval_ms: config.ping_interval.map(millis),
+            resumed,
+            choice,
         }
         .encode()
-        .into(),
+        .into()
+    };
+    let resumed = resume.and_then(
+        |Resume {
+             session_id,
+             last_version,
+         }| {
+            ctx.hub.resume(
+                &user_id,
+                &session_id,
+                last_version,
+                status.clone(),
+                auto.clone(),
+                conn.clone(),
+                &welcome,
+            )
+        },
     );
+    let attached = match resumed {
+        Some(attached) => attached,
+        None => ctx.hub.join(&user_id, status, auto, conn.clone(), &welcome),
+    };
+    tracing::info!(
+        %user_id, session_id = %attached.public_id, resumed = attached.resumed, client = %client.name,
+        version = %client.version, platform = %client.platform, "session attached"
+    );
+    let mut connection = Connection {
+        ctx: ctx.clone(),
+        session: attached.key,
+        conn,
+        limiter: RateLimiter::new(ctx.config.status_burst, ctx.config.status_per_second),
+    };
     if let Some(e) = status_error {
-        conn.queue(error_frame(ErrorCode::InvalidStatus, e.to_string(), None));
+        connection.queue(error_frame(ErrorCode::InvalidStatus, e.to_string(), None));
     }
-    let writer = tokio::spawn(write_loop(sink, rx, control, ctx.kill.clone()));
-    let last_inbound_at = conn.read_loop(&mut stream).await;
-    ctx.hub.leave(session, last_inbound_at);
-    tracing::info!(%user_id, "session ended");
-    drop(conn);
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        control,
+        ctx.kill.clone(),
+        ctx.config.ping_interval,
+    ));
+    let (last_inbound_at, end) = connection.read_loop(&mut stream).await;
+    drop(connection);
+    drop(tx);
+    finish(&ctx, &attached, end, last_inbound_at);
+    tracing::info!(%user_id, session_id = %attached.public_id, ?end, "connection ended");
     // Let the writer deliver what was queued (goaway, a last error, the close frame), but not for ever.
     let abort = writer.abort_handle();
     if timeout(LAST_WORDS_TIMEOUT * 2, writer).await.is_err() {
         abort.abort();
+    }
+}
+
+/// How a connection ended, which decides what happens to its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// `bye`: the session ends now.
+    Bye,
+    /// The server is draining or was killed: the session ends with it.
+    ServerStopping,
+    /// The connection dropped, timed out or was stopped: the session waits for a resume.
+    Dropped,
+}
+
+fn finish(ctx: &Arc<Context>, attached: &Attached, end: End, last_inbound_at: u64) {
+    let grace = ctx.config.resume_grace;
+    match end {
+        End::Bye | End::ServerStopping => ctx.hub.leave(attached.key, last_inbound_at),
+        End::Dropped if grace.is_zero() => ctx.hub.leave(attached.key, last_inbound_at),
+        End::Dropped => {
+            if ctx.hub.detach(attached.key, attached.generation) {
+                let (ctx, key, generation) = (ctx.clone(), attached.key, attached.generation);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep(grace) => ctx.hub.expire(key, generation, last_inbound_at),
+                        _ = ctx.kill.cancelled() => {}
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn validate_choice(mut choice: Choice) -> Result<Choice, ValidationError> {
+    choice.status = protocol::normalize_status(choice.status);
+    protocol::validate_status(&choice.status)?;
+    Ok(choice)
+}
+
+fn validate_auto(mut auto: Auto) -> Result<Auto, ValidationError> {
+    auto.message = auto.message.filter(|m| !m.is_empty());
+    if let Some(message) = &auto.message {
+        let check = presently_core::Status::new(presently_core::Availability::Busy)
+            .with_message(message.clone());
+        protocol::validate_status(&check)?;
+    }
+    Ok(auto)
+}
+
+/// A token bucket: `burst` updates at once, refilled at `per_second`.
+struct RateLimiter {
+    tokens: f64,
+    burst: f64,
+    per_second: f64,
+    refilled_at: Instant,
+}
+
+impl RateLimiter {
+    fn new(burst: u32, per_second: f64) -> Self {
+        RateLimiter {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            per_second: per_second.max(0.001),
+            refilled_at: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.refilled_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.per_second,
+            ))
+        }
     }
 }
 
@@ -211,15 +347,21 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outbound>,
     control: Arc<SessionControl>,
     kill: tokio_util::sync::CancellationToken,
+    ping_interval: Option<Duration>,
 ) {
+    // WebSocket pings: browsers answer them without running page code (protocol section 5).
+    let mut pings =
+        ping_interval.map(|every| tokio::time::interval_at(Instant::now() + every, every));
     loop {
         let next = tokio::select! {
             biased;
             _ = kill.cancelled() => return,
             _ = control.stopped() => break,
+            _ = tick(pings.as_mut()) => Some(Outbound::Ping),
             next = rx.recv() => next,
         };
         let message = match next {
+            Some(Outbound::Ping) => Message::Ping(Default::default()),
             Some(Outbound::Frame(frame)) => Message::Text(frame.as_ref().into()),
             Some(Outbound::Close(code, reason)) => {
                 let _ = timeout(LAST_WORDS_TIMEOUT, sink.send(close_message(code, reason))).await;
@@ -234,8 +376,11 @@ async fn write_loop(
             sent = sink.send(message) => if sent.is_err() { return },
         }
     }
-    // Stopped from outside (slow consumer): say why if the client can still hear it, then close.
+    // Stopped from outside: a connection taken over by a resume just goes; otherwise say why, then close.
     let code = control.reason().cloned().unwrap_or(ErrorCode::ServerError);
+    if code == crate::hub::replaced() {
+        return;
+    }
     let message = match code {
         ErrorCode::SlowConsumer => {
             "the client did not read fast enough; reconnect to get fresh snapshots"
@@ -253,74 +398,106 @@ async fn write_loop(
     .await;
 }
 
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 struct Connection {
     ctx: Arc<Context>,
     session: u64,
-    tx: mpsc::Sender<Outbound>,
-    control: Arc<SessionControl>,
+    conn: Conn,
+    limiter: RateLimiter,
 }
 
 /// Whether the reader loop goes on after a message.
 enum Flow {
     Continue,
-    End,
+    /// The client said `bye`.
+    Bye,
+    /// The connection must close (a protocol limit was broken); the session waits for a resume.
+    Drop,
 }
 
 impl Connection {
     fn queue(&self, frame: Arc<str>) {
-        self.ctx.hub.push(&self.tx, &self.control, frame);
+        self.ctx.hub.push(&self.conn, frame);
     }
 
     fn queue_close(&self, code: u16, reason: &'static str) {
-        // A close that does not fit means the queue is full: the session is being stopped anyway.
-        let _ = self.tx.try_send(Outbound::Close(code, reason));
+        // A close that does not fit means the queue is full: the connection is being stopped anyway.
+        let _ = self.conn.tx.try_send(Outbound::Close(code, reason));
+    }
+
+    /// Whether a status update may go through now; if not, the client is told when to retry.
+    fn allow_update(&mut self, reference: Option<String>) -> bool {
+        match self.limiter.take() {
+            Ok(()) => true,
+            Err(wait) => {
+                let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                self.queue(error_frame_retry(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "too many status updates; send the latest again in {retry_after_ms} ms"
+                    ),
+                    reference,
+                    Some(retry_after_ms),
+                ));
+                false
+            }
+        }
     }
 
     fn error(&self, code: ErrorCode, message: impl Into<String>, reference: Option<String>) {
         self.queue(error_frame(code, message, reference));
     }
 
-    /// Reads until the session ends; returns when the last frame arrived (Unix ms).
-    async fn read_loop(&mut self, stream: &mut Stream) -> u64 {
+    /// Reads until the connection ends; returns when the last frame arrived (Unix ms) and how it ended.
+    async fn read_loop(&mut self, stream: &mut Stream) -> (u64, End) {
         let ttl = self.ctx.config.session_ttl;
         let mut last_inbound = Instant::now();
         let mut last_inbound_at = unix_millis();
-        loop {
+        let control = self.conn.control.clone();
+        let end = loop {
             tokio::select! {
                 biased;
-                _ = self.ctx.kill.cancelled() => break,
-                _ = self.control.stopped() => break,
+                _ = self.ctx.kill.cancelled() => break End::ServerStopping,
+                _ = control.stopped() => break End::Dropped,
                 _ = self.ctx.drain.cancelled() => {
                     self.queue(ServerMessage::Goaway {
                         reconnect_after_ms: millis(self.ctx.config.goaway_reconnect_after),
                         reason: Some("server shutting down".into()),
                     }.encode().into());
                     self.queue_close(close_code::GOING_AWAY, "server shutting down");
-                    break;
+                    break End::ServerStopping;
                 }
                 _ = sleep_until(last_inbound + ttl) => {
                     self.error(ErrorCode::SessionExpired, format!("no frame for {} ms", ttl.as_millis()), None);
                     self.queue_close(close_code::POLICY, "session expired");
-                    break;
+                    break End::Dropped;
                 }
                 message = stream.next() => {
-                    let Some(Ok(message)) = message else { break };
+                    let Some(Ok(message)) = message else { break End::Dropped };
                     last_inbound = Instant::now();
                     last_inbound_at = unix_millis();
                     match message {
-                        Message::Text(text) => {
-                            if let Flow::End = self.handle_text(text.as_str()) {
-                                break;
-                            }
-                        }
+                        Message::Text(text) => match self.handle_text(text.as_str()) {
+                            Flow::Continue => {}
+                            Flow::Bye => break End::Bye,
+                            Flow::Drop => break End::Dropped,
+                        },
                         // Binary frames are not used in v1 and are ignored; control frames only count as life.
                         Message::Binary(_) | Message::Ping(_) | Message::Pong(_) => {}
-                        Message::Close(_) => break,
+                        Message::Close(_) => break End::Dropped,
                     }
                 }
             }
-        }
-        last_inbound_at
+        };
+        (last_inbound_at, end)
     }
 
     fn handle_text(&mut self, text: &str) -> Flow {
@@ -335,7 +512,7 @@ impl Connection {
                 None,
             );
             self.queue_close(close_code::TOO_BIG, "message too big");
-            return Flow::End;
+            return Flow::Drop;
         }
         let message = match ClientMessage::decode(text, limit) {
             Ok(message) => message,
@@ -352,13 +529,22 @@ impl Connection {
                     None,
                 );
             }
-            ClientMessage::SetStatus { reference, status } => {
-                let status = protocol::normalize_status(status);
-                match protocol::validate_status(&status) {
-                    Ok(()) => self.ctx.hub.set_status(self.session, status),
-                    Err(e) => self.error(ErrorCode::InvalidStatus, e.to_string(), reference),
+            ClientMessage::SetStatus { reference, choice } => match validate_choice(choice) {
+                Ok(choice) => {
+                    if self.allow_update(reference) {
+                        self.ctx.hub.set_choice(self.session, choice);
+                    }
                 }
-            }
+                Err(e) => self.error(ErrorCode::InvalidStatus, e.to_string(), reference),
+            },
+            ClientMessage::SetAuto { reference, auto } => match validate_auto(auto) {
+                Ok(auto) => {
+                    if self.allow_update(reference) {
+                        self.ctx.hub.set_auto(self.session, auto);
+                    }
+                }
+                Err(e) => self.error(ErrorCode::InvalidStatus, e.to_string(), reference),
+            },
             ClientMessage::Subscribe { users } => {
                 if let Err(e) = protocol::validate_user_list(&users) {
                     self.list_error(e, None);
@@ -407,7 +593,7 @@ impl Connection {
             }
             ClientMessage::Bye { .. } => {
                 self.queue_close(close_code::NORMAL, "bye");
-                return Flow::End;
+                return Flow::Bye;
             }
             ClientMessage::Unknown => {}
         }

@@ -18,6 +18,7 @@ fn config() -> ServerConfig {
     let mut c = ServerConfig::new("127.0.0.1:0".parse().unwrap(), SECRET.to_vec())
         .with_heartbeat(Duration::from_millis(300), Duration::from_millis(900));
     c.hello_timeout = Duration::from_millis(300);
+    c.resume_grace = Duration::from_millis(300);
     c
 }
 
@@ -39,6 +40,10 @@ fn token(user: &str) -> String {
 struct Raw {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     subprotocol: Option<String>,
+    /// `choice` frames, set aside by `recv` (most tests are not about them).
+    choices: Vec<Value>,
+    /// WebSocket pings received.
+    pings: u32,
 }
 
 impl Raw {
@@ -52,7 +57,12 @@ impl Raw {
             .headers()
             .get("Sec-WebSocket-Protocol")
             .map(|v| v.to_str().unwrap().to_owned());
-        Raw { ws, subprotocol }
+        Raw {
+            ws,
+            subprotocol,
+            choices: Vec::new(),
+            pings: 0,
+        }
     }
 
     async fn send(&mut self, value: Value) {
@@ -66,8 +76,20 @@ impl Raw {
         self.ws.send(Message::text(text)).await.unwrap();
     }
 
-    /// The next JSON frame (control frames skipped).
+    /// The next JSON frame (control frames and `choice` frames set aside).
     async fn recv(&mut self) -> Value {
+        loop {
+            let frame = self.recv_any().await;
+            if frame["type"] == "choice" {
+                self.choices.push(frame);
+                continue;
+            }
+            return frame;
+        }
+    }
+
+    /// The next JSON frame, whatever its type (control frames skipped).
+    async fn recv_any(&mut self) -> Value {
         loop {
             let message = tokio::time::timeout(PATIENCE, self.ws.next())
                 .await
@@ -76,7 +98,8 @@ impl Raw {
                 .expect("no error");
             match message {
                 Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
-                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Ping(_) => self.pings += 1,
+                Message::Pong(_) => continue,
                 other => panic!("expected a text frame, got {other:?}"),
             }
         }
@@ -369,10 +392,11 @@ async fn a_silent_session_expires_after_its_ttl_and_watchers_see_the_user_offlin
     let expired_after = silent_since.elapsed();
     assert_eq!(offline["availability"], "offline");
     assert!(
-        expired_after >= Duration::from_millis(850),
+        // TTL (900 ms) then the resume grace (300 ms): never sooner.
+        expired_after >= Duration::from_millis(1_150),
         "expired early: {expired_after:?}"
     );
-    assert!(expired_after < Duration::from_millis(900) + PATIENCE);
+    assert!(expired_after < Duration::from_millis(1_200) + PATIENCE);
     // last_active_at is when bob's last frame arrived, not when the TTL ran out.
     let last_active = offline["last_active_at"].as_u64().unwrap();
     let since = offline["since"].as_u64().unwrap();
@@ -380,7 +404,10 @@ async fn a_silent_session_expires_after_its_ttl_and_watchers_see_the_user_offlin
         since >= last_active + 800,
         "last active {last_active}, offline since {since}"
     );
-    assert_eq!(bob.recv().await["code"], "session_expired");
+    // Bob was told why, if his end can still read it (it never answered the server's pings).
+    if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(PATIENCE, bob.ws.next()).await {
+        assert!(text.as_str().contains("session_expired"), "{text}");
+    }
     assert_eq!(server.stats().sessions_active, 1);
 }
 
@@ -397,32 +424,74 @@ async fn bye_makes_the_user_offline_at_once() {
 }
 
 #[tokio::test]
-async fn a_user_with_several_sessions_stays_online_until_the_last_one_ends() {
+async fn three_devices_of_one_user_are_aggregated_by_the_documented_rule() {
     let server = server().await;
     let mut watcher = Raw::session(&server, "alice").await;
     watcher.subscribe(&["bob"]).await;
     let mut plugin = Raw::session(&server, "bob").await;
     assert_eq!(watcher.update().await["availability"], "online");
     let mut phone = Raw::session(&server, "bob").await;
-    let _another_device = watcher.update().await; // last_active_at moved
-    // An explicit choice on one device is user-wide.
+    let mut browser = Raw::session(&server, "bob").await;
+    let auto = |state: &str| json!({"type": "set_auto", "state": state});
+    // An idle plugin and an active phone show online: no change reaches the watcher.
+    plugin.send(auto("idle")).await;
+    browser.send(auto("background")).await;
+    watcher.send(json!({"type": "ping", "ref": "1"})).await;
+    let frame = watcher.recv().await;
+    assert_eq!(frame["ref"], "1", "nothing changed for watchers: {frame}");
+    // The phone goes idle too: every device idle or in the background is away.
+    phone.send(auto("idle")).await;
+    assert_eq!(watcher.update().await["availability"], "away");
+    // Activity on any one device brings the user back.
+    browser.send(auto("active")).await;
+    assert_eq!(watcher.update().await["availability"], "online");
+    // Busy chosen on the phone is user-wide, whatever the devices' states; every device is told.
     phone
-        .send(json!({"type": "set_status", "availability": "busy"}))
+        .send(json!({"type": "set_status", "availability": "busy", "message": "Meeting", "chosen_at": 2_000}))
         .await;
-    assert_eq!(watcher.update().await["availability"], "busy");
+    let update = watcher.update().await;
+    assert_eq!(
+        (update["availability"].as_str(), update["message"].as_str()),
+        (Some("busy"), Some("Meeting"))
+    );
+    plugin.send(json!({"type": "ping", "ref": "p"})).await;
+    assert_eq!(plugin.recv().await["ref"], "p");
+    assert_eq!(
+        plugin.choices.last().unwrap()["status"]["availability"],
+        "busy",
+        "{:?}",
+        plugin.choices
+    );
+    // An older choice from a device that reconnects does not override it.
+    browser
+        .send(json!({"type": "set_status", "availability": "online", "chosen_at": 1_000}))
+        .await;
+    browser.send(json!({"type": "ping", "ref": "b"})).await;
+    assert_eq!(browser.recv().await["ref"], "b");
+    // A newer choice does; DND on one device then makes the user busy with its message.
+    browser
+        .send(json!({"type": "set_status", "availability": "online", "chosen_at": 3_000}))
+        .await;
+    assert_eq!(watcher.update().await["availability"], "online");
+    plugin
+        .send(json!({"type": "set_auto", "state": "dnd", "message": "Tracking vocals"}))
+        .await;
+    let update = watcher.update().await;
+    assert_eq!(
+        (update["availability"].as_str(), update["message"].as_str()),
+        (Some("busy"), Some("Tracking vocals"))
+    );
+    // Devices leave one by one; the user is offline only when the last one is gone.
     plugin.send(json!({"type": "bye"})).await;
     plugin.closed().await;
-    phone.send(json!({"type": "ping", "ref": "x"})).await;
-    assert_eq!(phone.recv().await["ref"], "x");
-    watcher
-        .send(json!({"type": "query", "ref": "q", "users": ["bob"]}))
-        .await;
-    let result = watcher.recv().await;
     assert_eq!(
-        result["users"][0]["availability"], "busy",
-        "still online through the phone: {result}"
+        watcher.update().await["availability"],
+        "online",
+        "the DND device left"
     );
     phone.send(json!({"type": "bye"})).await;
+    phone.closed().await;
+    browser.send(json!({"type": "bye"})).await;
     assert_eq!(watcher.update().await["availability"], "offline");
 }
 
@@ -461,6 +530,9 @@ async fn draining_sends_goaway_then_closes() {
 async fn a_client_that_stops_reading_is_dropped_instead_of_buffered_without_bound() {
     let mut c = config();
     c.outbound_queue = 8;
+    // Bob floods on purpose; this test is about the reader, not the rate limit.
+    c.status_burst = u32::MAX;
+    c.status_per_second = 1e9;
     c.heartbeat_interval = Duration::from_secs(10);
     c.session_ttl = Duration::from_secs(30);
     let server = server_with(c).await;
@@ -468,7 +540,7 @@ async fn a_client_that_stops_reading_is_dropped_instead_of_buffered_without_boun
     sleeper.subscribe(&["bob"]).await;
     // The sleeper never reads again. Bob changes status until the sleeper's socket buffers and queue are full.
     let mut bob = Raw::session(&server, "bob").await;
-    let long = "m".repeat(200);
+    let long = "m".repeat(190);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut sent = 0u64;
     while server.stats().slow_consumers == 0 {
@@ -477,12 +549,9 @@ async fn a_client_that_stops_reading_is_dropped_instead_of_buffered_without_boun
             "never dropped after {sent} updates"
         );
         for _ in 0..100 {
-            let availability = if sent.is_multiple_of(2) {
-                "busy"
-            } else {
-                "away"
-            };
-            bob.send(json!({"type": "set_status", "availability": availability, "message": long}))
+            // A DND message that changes every time: a new record for the sleeper, nothing back to bob.
+            let message = format!("{long}{}", sent % 10);
+            bob.send(json!({"type": "set_auto", "state": "dnd", "message": message}))
                 .await;
             sent += 1;
         }
@@ -490,10 +559,208 @@ async fn a_client_that_stops_reading_is_dropped_instead_of_buffered_without_boun
         while bob.recv().await["ref"] != "sync" {}
     }
     let wait = tokio::time::Instant::now() + PATIENCE;
-    while server.stats().sessions_active != 1 {
+    // The sleeper's connection is dropped; its session waits (briefly) for a resume.
+    while server.stats().sessions_detached != 1 && server.stats().sessions_active != 1 {
         assert!(tokio::time::Instant::now() < wait, "{:?}", server.stats());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!("slow consumer dropped after {sent} updates");
     drop(sleeper);
+}
+
+impl Raw {
+    /// `hello` that asks to resume `session_id`; returns the welcome.
+    async fn hello_resume(&mut self, user: &str, session_id: &str, last_version: u64) -> Value {
+        self.send(json!({
+            "type": "hello", "protocol": 1, "token": token(user),
+            "client": {"name": "raw", "version": "1", "platform": "test"},
+            "resume": {"session_id": session_id, "last_version": last_version}
+        }))
+        .await;
+        let welcome = self.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        welcome
+    }
+}
+
+/// Asserts that the watcher receives nothing but its own pong: no presence change happened.
+async fn nothing_changed(watcher: &mut Raw, tag: &str) {
+    watcher.send(json!({"type": "ping", "ref": tag})).await;
+    let frame = watcher.recv().await;
+    assert_eq!(frame["ref"], tag, "a watcher saw a change: {frame}");
+}
+
+#[tokio::test]
+async fn a_dropped_session_resumed_within_the_grace_shows_no_blip() {
+    let mut c = config();
+    c.resume_grace = Duration::from_secs(10);
+    let server = server_with(c).await;
+    let mut watcher = Raw::session(&server, "alice").await;
+    watcher.subscribe(&["bob"]).await;
+    let mut bob = Raw::connect(&server).await;
+    let welcome = bob
+        .hello(
+            "bob",
+            Some(json!({"availability": "busy", "message": "Mixing"})),
+        )
+        .await;
+    assert_eq!(welcome["resume_grace_ms"], 10_000);
+    let session_id = welcome["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(watcher.update().await["availability"], "busy");
+    let snapshot = bob.subscribe(&["alice", "carol"]).await;
+    let last_version = snapshot["users"][0]["version"].as_u64().unwrap();
+
+    // The tunnel: bob's connection drops without bye; alice changes status meanwhile.
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.stats().sessions_detached, 1);
+    watcher
+        .send(json!({"type": "set_status", "availability": "away"}))
+        .await;
+    nothing_changed(&mut watcher, "during the drop").await;
+
+    let mut bob = Raw::connect(&server).await;
+    let welcome = bob.hello_resume("bob", &session_id, last_version).await;
+    assert_eq!(welcome["resumed"], true);
+    assert_eq!(welcome["session_id"], session_id.as_str());
+    assert_eq!(
+        welcome["choice"]["availability"], "busy",
+        "the choice survived"
+    );
+    // Only what changed while away: alice, not carol.
+    let snapshot = bob.recv().await;
+    assert_eq!(snapshot["type"], "snapshot");
+    let users: Vec<&str> = snapshot["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["alice"]);
+    assert_eq!(snapshot["users"][0]["availability"], "away");
+    // The watch list was kept: alice's next change reaches bob without a new subscribe.
+    watcher
+        .send(json!({"type": "set_status", "availability": "online"}))
+        .await;
+    assert_eq!(bob.update().await["availability"], "online");
+    nothing_changed(&mut watcher, "after the resume").await;
+    assert_eq!(server.stats().sessions_resumed, 1);
+}
+
+#[tokio::test]
+async fn after_the_grace_the_user_goes_offline_and_a_resume_starts_afresh() {
+    let server = server().await; // grace 300 ms
+    let mut watcher = Raw::session(&server, "alice").await;
+    watcher.subscribe(&["bob"]).await;
+    let mut bob = Raw::connect(&server).await;
+    let session_id = bob.hello("bob", None).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(watcher.update().await["availability"], "online");
+    let dropped_at = std::time::Instant::now();
+    drop(bob);
+    let offline = watcher.update().await;
+    assert_eq!(offline["availability"], "offline");
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(290),
+        "not before the grace"
+    );
+    let mut bob = Raw::connect(&server).await;
+    let welcome = bob.hello_resume("bob", &session_id, 0).await;
+    assert_eq!(welcome["resumed"], false);
+    assert_ne!(welcome["session_id"], session_id.as_str());
+    assert_eq!(watcher.update().await["availability"], "online");
+}
+
+#[tokio::test]
+async fn a_session_cannot_be_resumed_by_another_user() {
+    let mut c = config();
+    c.resume_grace = Duration::from_secs(10);
+    let server = server_with(c).await;
+    let mut bob = Raw::connect(&server).await;
+    let session_id = bob.hello("bob", None).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut mallory = Raw::connect(&server).await;
+    let welcome = mallory.hello_resume("mallory", &session_id, 0).await;
+    assert_eq!(welcome["resumed"], false);
+    assert_eq!(welcome["user_id"], "mallory");
+}
+
+#[tokio::test]
+async fn a_resume_takes_over_a_half_open_connection_without_a_blip() {
+    let mut c = config();
+    c.resume_grace = Duration::from_secs(10);
+    let server = server_with(c).await;
+    let mut watcher = Raw::session(&server, "alice").await;
+    watcher.subscribe(&["bob"]).await;
+    let mut old = Raw::connect(&server).await;
+    let session_id = old.hello("bob", None).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(watcher.update().await["availability"], "online");
+    // The server still believes in the old connection; the client has given up on it and resumes.
+    let mut new = Raw::connect(&server).await;
+    assert_eq!(
+        new.hello_resume("bob", &session_id, 0).await["resumed"],
+        true
+    );
+    assert_eq!(old.closed().await, None, "the old connection is dropped");
+    nothing_changed(&mut watcher, "takeover").await;
+    assert_eq!(server.stats().sessions_active, 2);
+}
+
+#[tokio::test]
+async fn the_server_pings_so_a_throttled_client_stays_alive() {
+    let server = server().await; // pings every 300 ms, TTL 900 ms
+    let mut raw = Raw::session(&server, "alice").await;
+    // The client sends nothing for 2 s, but its WebSocket layer answers the server's pings.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut pings = 0;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, raw.ws.next()).await {
+        if let Message::Ping(_) = message {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 4, "{pings} pings in 2 s at one per 300 ms");
+    raw.send(json!({"type": "ping", "ref": "still here"})).await;
+    assert_eq!(raw.recv().await["ref"], "still here");
+    assert_eq!(server.stats().sessions_detached, 0, "never dropped");
+}
+
+#[tokio::test]
+async fn status_updates_are_rate_limited_without_disconnecting() {
+    let server = server().await; // burst 10, 5 per second
+    let mut raw = Raw::session(&server, "alice").await;
+    for i in 0..10 {
+        raw.send(json!({"type": "set_auto", "state": if i % 2 == 0 { "idle" } else { "active" }}))
+            .await;
+    }
+    raw.send(json!({"type": "set_auto", "ref": "11th", "state": "idle"}))
+        .await;
+    let error = raw.recv().await;
+    assert_eq!(
+        (
+            error["code"].as_str(),
+            error["ref"].as_str(),
+            error["fatal"].as_bool()
+        ),
+        (Some("rate_limited"), Some("11th"), Some(false))
+    );
+    let retry = error["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=250).contains(&retry), "{retry}");
+    tokio::time::sleep(Duration::from_millis(retry + 20)).await;
+    raw.send(json!({"type": "set_auto", "ref": "later", "state": "idle"}))
+        .await;
+    raw.send(json!({"type": "ping", "ref": "up"})).await;
+    assert_eq!(
+        raw.recv().await["ref"],
+        "up",
+        "accepted after the delay, still connected"
+    );
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub const INTERVAL: u64 = 15_000;
 pub const GRACE: u64 = 10_000;
+pub const RESUME_GRACE: u64 = 30_000;
 
 /// A virtual-time driver: a fake transport that records what the client sends.
 pub struct Harness {
@@ -106,7 +107,14 @@ impl Harness {
     }
 
     pub fn welcome(&mut self) {
-        self.sessions += 1;
+        self.welcome_with(false, None);
+    }
+
+    /// `welcome`, resumed or not, with the user's current choice if the server reports one.
+    pub fn welcome_with(&mut self, resumed: bool, choice: Option<presently_core::Choice>) {
+        if !resumed {
+            self.sessions += 1;
+        }
         self.receive(ServerMessage::Welcome {
             protocol: 1,
             session_id: format!("s{}", self.sessions),
@@ -118,6 +126,10 @@ impl Harness {
                 name: "test".into(),
                 version: "0".into(),
             },
+            resume_grace_ms: RESUME_GRACE,
+            ping_interval_ms: Some(INTERVAL),
+            resumed,
+            choice,
         });
     }
 
