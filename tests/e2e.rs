@@ -162,12 +162,19 @@ async fn after_a_server_restart_everyone_is_back_with_their_status_and_subscript
     // The new server holds the truth: a fresh observer agrees with every watcher.
     let dave = connected_client(&server, "dave").await;
     let truth = dave.query(&["alice", "bob", "carol"]).await.unwrap();
-    for record in &truth {
-        for watcher in [&alice, &bob, &carol] {
-            if let Some(seen) = watcher.presence(&record.user_id) {
-                assert!(seen.same_content(record), "{seen:?} vs {record:?}");
-            }
-        }
+    // (Watchers keep their last known records while reconnecting, so wait for the new snapshots to land.)
+    for (name, watcher) in [("alice", &alice), ("bob", &bob), ("carol", &carol)] {
+        until(
+            watcher,
+            &format!("{name} converging to the server's truth"),
+            |c| {
+                truth.iter().all(|r| {
+                    c.presence(&r.user_id)
+                        .is_none_or(|seen| seen.same_content(r))
+                })
+            },
+        )
+        .await;
     }
     assert_eq!(server.stats().sessions_active, 4);
     // Subscriptions are live again on the new server: a change propagates.

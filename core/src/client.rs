@@ -38,6 +38,9 @@ use crate::time::Instant;
 /// values are raised to it so that a broken server cannot make the client spin.
 pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The longest pause a `goaway` can impose; longer requests are cut to it.
+pub const MAX_GOAWAY_DELAY: Duration = Duration::from_secs(300);
+
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -316,9 +319,10 @@ enum Link {
         deadline: Instant,
     },
     Connected,
-    /// Waiting to retry at `retry_at`.
+    /// Waiting to retry at `retry_at`, and not before `not_before` even on a hint (a `goaway`).
     Waiting {
         retry_at: Instant,
+        not_before: Instant,
     },
     Closed,
     Failed,
@@ -374,7 +378,8 @@ pub struct Client {
     token_retry_used: bool,
     subscriptions: BTreeSet<String>,
     roster: BTreeMap<String, RosterEntry>,
-    pending_queries: BTreeMap<String, QueryId>,
+    /// Queries awaiting their answer, by `ref`, with the parts received so far.
+    pending_queries: BTreeMap<String, (QueryId, Vec<Presence>)>,
     next_query_id: u64,
     transmit: VecDeque<String>,
     transport: VecDeque<TransportCommand>,
@@ -483,7 +488,9 @@ impl Client {
         protocol::validate_status(&status)?;
         if self.manual.as_ref() != Some(&status) {
             self.manual = Some(status);
-            self.manual_chosen_at = self.automation.unix_ms_at(now);
+            // Strictly increasing on this device, so that two choices in one millisecond stay in order.
+            let previous = self.manual_chosen_at.map_or(0, |t| t + 1);
+            self.manual_chosen_at = self.automation.unix_ms_at(now).map(|t| t.max(previous));
             self.send_choice(now);
         }
         let changes = self.automation.activity(now, now);
@@ -600,11 +607,12 @@ impl Client {
     }
 
     fn apply(&mut self, changes: Changes, now: Instant) {
-        if let Some(away_at) = changes.warning {
-            self.events.push_back(Event::IdleWarning { away_at });
-        }
+        // A cancel and a new warning in one step (settings changed): the warning is the news.
         if changes.warning_cancelled {
             self.events.push_back(Event::IdleWarningCancelled);
+        }
+        if let Some(away_at) = changes.warning {
+            self.events.push_back(Event::IdleWarning { away_at });
         }
         if !changes.recompute {
             return;
@@ -782,7 +790,8 @@ impl Client {
                 count: users.len(),
             }));
         }
-        self.pending_queries.insert(reference, query_id);
+        self.pending_queries
+            .insert(reference, (query_id, Vec::new()));
         self.push_frame(frame, now);
         Ok(query_id)
     }
@@ -792,6 +801,13 @@ impl Client {
     /// nothing arrives within [`ClientConfig::probe_timeout`].
     pub fn reconnect_now(&mut self, now: Instant) {
         match self.link {
+            Link::Waiting { not_before, .. } if now < not_before => {
+                // The server asked for a pause (goaway): the hint only skips the jitter on top of it.
+                self.link = Link::Waiting {
+                    retry_at: not_before,
+                    not_before,
+                };
+            }
             Link::Waiting { .. } => self.start_attempt(now),
             Link::Connected if self.probe_deadline.is_none() => {
                 self.probe_deadline = Some(now + self.config.probe_timeout);
@@ -918,7 +934,7 @@ impl Client {
                     }
                 }
             }
-            Link::Waiting { retry_at } if now >= retry_at => self.start_attempt(now),
+            Link::Waiting { retry_at, .. } if now >= retry_at => self.start_attempt(now),
             _ => {}
         }
     }
@@ -967,7 +983,7 @@ impl Client {
                     .min(self.last_sent + interval);
                 Some(self.resend_at.map_or(next, |at| at.min(next)))
             }
-            Link::Waiting { retry_at } => Some(retry_at),
+            Link::Waiting { retry_at, .. } => Some(retry_at),
             Link::Idle | Link::Closed | Link::Failed => None,
         }
     }
@@ -1100,7 +1116,7 @@ impl Client {
     fn end_session(&mut self, query_error: QueryError) {
         self.session = None;
         self.probe_deadline = None;
-        for (_, query_id) in std::mem::take(&mut self.pending_queries) {
+        for (_, (query_id, _)) in std::mem::take(&mut self.pending_queries) {
             self.events.push_back(Event::QueryCompleted {
                 query_id,
                 result: Err(query_error.clone()),
@@ -1126,9 +1142,13 @@ impl Client {
         self.transmit.clear();
         self.end_session(QueryError::Disconnected);
         self.failures = self.failures.saturating_add(1);
+        let extra_delay = extra_delay.min(MAX_GOAWAY_DELAY);
         let delay = extra_delay + self.config.reconnect.delay(self.failures, &mut self.rng);
         let retry_at = now + delay;
-        self.link = Link::Waiting { retry_at };
+        self.link = Link::Waiting {
+            retry_at,
+            not_before: now + extra_delay,
+        };
         self.set_state(ConnectionState::Reconnecting {
             attempt: self.attempts_since_connected + 1,
             retry_at,
@@ -1204,13 +1224,24 @@ impl Client {
                 }
             }
             ServerMessage::Presence { user } if connected => self.apply_record(user),
-            ServerMessage::QueryResult { reference, users } if connected => {
-                match self.pending_queries.remove(&reference) {
-                    Some(query_id) => self.events.push_back(Event::QueryCompleted {
-                        query_id,
-                        result: Ok(users),
-                    }),
-                    None => self.stats.unexpected_messages += 1,
+            ServerMessage::QueryResult {
+                reference,
+                users,
+                more,
+            } if connected => {
+                let Some((query_id, parts)) = self.pending_queries.get_mut(&reference) else {
+                    self.stats.unexpected_messages += 1;
+                    return;
+                };
+                parts.extend(users);
+                if !more {
+                    let query_id = *query_id;
+                    if let Some((_, users)) = self.pending_queries.remove(&reference) {
+                        self.events.push_back(Event::QueryCompleted {
+                            query_id,
+                            result: Ok(users),
+                        });
+                    }
                 }
             }
             ServerMessage::Pong { .. } if connected => {}
@@ -1244,7 +1275,8 @@ impl Client {
                     self.choice_dirty |= self.manual.is_some();
                     self.auto_dirty = true;
                 }
-                if let Some(query_id) = reference.and_then(|r| self.pending_queries.remove(&r)) {
+                if let Some((query_id, _)) = reference.and_then(|r| self.pending_queries.remove(&r))
+                {
                     self.events.push_back(Event::QueryCompleted {
                         query_id,
                         result: Err(QueryError::Server {

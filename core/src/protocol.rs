@@ -63,16 +63,35 @@ impl Serialize for Availability {
 }
 
 impl<'de> Deserialize<'de> for Availability {
+    /// Strict: what a client sets must be a value this version knows (records are read leniently, see
+    /// [`Presence`]).
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Ok(match name.as_ref() {
-            "away" => Availability::Away,
-            "busy" => Availability::Busy,
-            "offline" => Availability::Offline,
-            // "online", and values a later protocol version may add (section 3).
-            _ => Availability::Online,
-        })
+        match name.as_ref() {
+            "online" => Ok(Availability::Online),
+            "away" => Ok(Availability::Away),
+            "busy" => Ok(Availability::Busy),
+            "offline" => Ok(Availability::Offline),
+            other => Err(serde::de::Error::unknown_variant(
+                other,
+                &["online", "away", "busy", "offline"],
+            )),
+        }
     }
+}
+
+/// Reads an availability in a record leniently: values a later protocol version may add show as online
+/// (protocol section 3).
+fn lenient_availability<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Availability, D::Error> {
+    let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+    Ok(match name.as_ref() {
+        "away" => Availability::Away,
+        "busy" => Availability::Busy,
+        "offline" => Availability::Offline,
+        _ => Availability::Online,
+    })
 }
 
 impl fmt::Display for Availability {
@@ -227,6 +246,7 @@ pub struct Presence {
     /// Whose presence this is.
     pub user_id: String,
     /// What watchers should show.
+    #[serde(deserialize_with = "lenient_availability")]
     pub availability: Availability,
     /// Custom status message.
     #[serde(default)]
@@ -553,13 +573,16 @@ pub enum ServerMessage {
         /// The new record.
         user: Presence,
     },
-    /// The answer to a `query`.
+    /// The answer to a `query`, or one part of it.
     QueryResult {
         /// The query's `ref`.
         #[serde(rename = "ref")]
         reference: String,
-        /// One record per distinct listed user.
+        /// One record per distinct listed user (in this part).
         users: Vec<Presence>,
+        /// More parts follow.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
     },
     /// The answer to a `ping`.
     Pong {
@@ -661,6 +684,37 @@ impl ServerMessage {
     pub fn encode(&self) -> String {
         encode(self)
     }
+}
+
+/// Splits `records` into groups whose frames, made by `frame`, each fit in `limit` bytes (a record that does not
+/// fit alone still gets a frame of its own). Always at least one group, possibly empty.
+pub fn split_records(
+    records: Vec<Presence>,
+    limit: usize,
+    frame: impl Fn(Vec<Presence>, bool) -> ServerMessage,
+) -> Vec<String> {
+    let overhead = frame(Vec::new(), true).encode().len() + 2;
+    let budget = limit.saturating_sub(overhead);
+    let mut groups: Vec<Vec<Presence>> = vec![Vec::new()];
+    let mut size = 0;
+    for record in records {
+        let len = serde_json::to_string(&record).map_or(limit, |s| s.len()) + 1;
+        let current = groups.last().map_or(0, Vec::len);
+        if current > 0 && size + len > budget {
+            groups.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(group) = groups.last_mut() {
+            group.push(record);
+        }
+    }
+    let last = groups.len() - 1;
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, group)| frame(group, i < last).encode())
+        .collect()
 }
 
 fn encode<T: Serialize>(message: &T) -> String {
@@ -957,6 +1011,7 @@ mod tests {
             ServerMessage::QueryResult {
                 reference: "q".into(),
                 users: vec![Presence::unknown("dave")],
+                more: true,
             },
             ServerMessage::Pong {
                 reference: Some("p".into()),
@@ -1073,6 +1128,55 @@ mod tests {
                 limit: 50
             })
         );
+    }
+
+    #[test]
+    fn what_a_client_sets_is_read_strictly_and_records_leniently() {
+        assert!(
+            ClientMessage::decode(
+                r#"{"type":"set_status","availability":"invisible"}"#,
+                MAX_FRAME_BYTES
+            )
+            .is_err()
+        );
+        let record = ServerMessage::decode(
+            r#"{"type":"presence","user":{"user_id":"b","availability":"invisible","version":1}}"#,
+            MAX_FRAME_BYTES,
+        );
+        assert!(
+            matches!(record, Ok(ServerMessage::Presence { user }) if user.availability == Availability::Online)
+        );
+    }
+
+    #[test]
+    fn large_snapshots_are_split_to_fit_the_frame_limit() {
+        let records: Vec<Presence> = (0..1_000)
+            .map(|i| Presence {
+                message: Some("m".repeat(200)),
+                ..Presence::unknown(format!("user-{i:04}-{}", "x".repeat(100)))
+            })
+            .collect();
+        let frames = split_records(records, MAX_FRAME_BYTES, |users, _| {
+            ServerMessage::Snapshot { users }
+        });
+        assert!(frames.len() > 5);
+        let mut total = 0;
+        for f in &frames {
+            assert!(f.len() <= MAX_FRAME_BYTES, "{}", f.len());
+            match ServerMessage::decode(f, MAX_FRAME_BYTES) {
+                Ok(ServerMessage::Snapshot { users }) => total += users.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(total, 1_000);
+        let parts = split_records(vec![], MAX_FRAME_BYTES, |users, more| {
+            ServerMessage::QueryResult {
+                reference: "q".into(),
+                users,
+                more,
+            }
+        });
+        assert_eq!(parts, [r#"{"type":"query_result","ref":"q","users":[]}"#]);
     }
 
     #[test]

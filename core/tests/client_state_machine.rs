@@ -697,12 +697,22 @@ fn queries_complete_and_fail_on_disconnect() {
     let id = h.client.query(&["bob", "dave"], h.now).unwrap();
     h.drain();
     let reference = h.sent[0]["ref"].as_str().unwrap().to_owned();
+    // The answer comes in two parts.
+    h.receive(ServerMessage::QueryResult {
+        reference: reference.clone(),
+        users: vec![record("bob", Availability::Busy, 3)],
+        more: true,
+    });
+    assert!(
+        !h.events
+            .iter()
+            .any(|e| matches!(e, Event::QueryCompleted { .. })),
+        "not before the last part"
+    );
     h.receive(ServerMessage::QueryResult {
         reference,
-        users: vec![
-            record("bob", Availability::Busy, 3),
-            Presence::unknown("dave"),
-        ],
+        users: vec![Presence::unknown("dave")],
+        more: false,
     });
     assert!(h.events.iter().any(|e| matches!(
         e,

@@ -78,6 +78,20 @@ impl TokenAuthority {
         })
     }
 
+    /// A token for `user_id` that expires at `expires_at` (which may be in the past, to test expiry).
+    pub fn mint_until(&self, user_id: &str, expires_at: SystemTime) -> Result<String, AuthError> {
+        presently_core::protocol::validate_user_id(user_id)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let exp = expires_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.encode(&Claims {
+            sub: user_id.to_owned(),
+            exp,
+            iat: Some(unix_seconds()),
+        })
+    }
+
     fn encode(&self, claims: &Claims) -> Result<String, AuthError> {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .map_err(|e| AuthError::Invalid(e.to_string()))

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use presently_core::protocol::{
-    Auto, AutoState, Choice, ErrorCode, MAX_SUBSCRIPTIONS_PER_SESSION, ServerMessage,
+    Auto, AutoState, Choice, ErrorCode, MAX_FRAME_BYTES, MAX_SUBSCRIPTIONS_PER_SESSION,
+    ServerMessage, split_records,
 };
 use presently_core::{Availability, Presence, Status};
 use tokio::sync::mpsc;
@@ -180,9 +181,11 @@ pub(crate) struct Attached {
 }
 
 /// The presence state of one server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Hub {
     state: Mutex<HubState>,
+    /// The largest frame sent to clients; snapshots are split to fit.
+    max_frame_bytes: usize,
     pub(crate) connections_accepted: AtomicU64,
     sessions_started: AtomicU64,
     sessions_resumed: AtomicU64,
@@ -205,7 +208,33 @@ fn unix_micros() -> u64 {
 /// Builds the `welcome` frame once the session's public id, resumption and the user's choice are known.
 pub(crate) type WelcomeBuilder<'a> = &'a dyn Fn(&str, bool, Option<Choice>) -> Arc<str>;
 
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(MAX_FRAME_BYTES)
+    }
+}
+
 impl Hub {
+    pub(crate) fn new(max_frame_bytes: usize) -> Self {
+        Hub {
+            state: Mutex::default(),
+            max_frame_bytes,
+            connections_accepted: AtomicU64::default(),
+            sessions_started: AtomicU64::default(),
+            sessions_resumed: AtomicU64::default(),
+            slow_consumers: AtomicU64::default(),
+        }
+    }
+
+    /// Queues `records` as one or more `snapshot` frames that each fit the frame limit.
+    fn push_snapshot(&self, conn: &Conn, records: Vec<Presence>) {
+        for frame in split_records(records, self.max_frame_bytes, |users, _| {
+            ServerMessage::Snapshot { users }
+        }) {
+            self.push(conn, frame.into());
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HubState> {
         // A panic while holding the lock leaves consistent maps behind (every update is a few inserts), so a
         // poisoned lock is still usable.
@@ -318,10 +347,7 @@ impl Hub {
                 }
             }
         }
-        self.push(
-            &conn,
-            ServerMessage::Snapshot { users: records }.encode().into(),
-        );
+        self.push_snapshot(&conn, records);
         if choice_changed {
             self.send_choice(state, user_id);
         }
@@ -422,10 +448,7 @@ impl Hub {
             records.push(user.record(&user_id, stamp));
         }
         if let Some(conn) = session.conn.clone() {
-            self.push(
-                &conn,
-                ServerMessage::Snapshot { users: records }.encode().into(),
-            );
+            self.push_snapshot(&conn, records);
         }
         cut_short
     }

@@ -186,10 +186,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let listener = socket.listen(1_024).map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
 
+    let max_frame_bytes = config.max_frame_bytes;
     let ctx = Arc::new(Context {
         config,
         auth,
-        hub: hub::Hub::default(),
+        hub: hub::Hub::new(max_frame_bytes),
         drain: CancellationToken::new(),
         kill: CancellationToken::new(),
         tracker: TaskTracker::new(),

@@ -101,41 +101,24 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
         }
         Ok(Some(Ok(text))) => text,
     };
-    let (token, client, status, auto, resume) = match ClientMessage::decode(
-        &text,
-        ctx.config.max_frame_bytes,
-    ) {
-        Ok(ClientMessage::Hello {
-            protocol,
-            token,
-            client,
-            status,
-            auto,
-            resume,
-        }) => {
-            if protocol != PROTOCOL_VERSION {
-                let message = format!(
-                    "protocol {protocol} is not supported; this server speaks {PROTOCOL_VERSION}"
-                );
-                return reject(
-                    sink,
-                    ErrorCode::UnsupportedProtocol,
-                    message,
-                    close_code::POLICY,
-                )
-                .await;
-            }
-            (token, client, status, auto, resume)
-        }
-        Ok(_) => {
-            let message = "the first frame must be hello".to_owned();
-            return reject(sink, ErrorCode::HelloRequired, message, close_code::POLICY).await;
-        }
-        Err(e) => {
-            let message = format!("the first frame must be a valid hello: {e}");
-            return reject(sink, ErrorCode::HelloRequired, message, close_code::POLICY).await;
-        }
+    if text.len() > ctx.config.max_frame_bytes {
+        let message = format!(
+            "a hello of {} bytes is larger than the frame limit",
+            text.len()
+        );
+        return reject(sink, ErrorCode::FrameTooLarge, message, close_code::TOO_BIG).await;
+    }
+    let (hello, mut status_error) = match read_hello(&text) {
+        Ok(hello) => hello,
+        Err((code, message)) => return reject(sink, code, message, close_code::POLICY).await,
     };
+    let Hello {
+        token,
+        client,
+        status,
+        auto,
+        resume,
+    } = hello;
     let user_id = match ctx.auth.verify(&token) {
         Ok(user_id) => user_id,
         Err(AuthError::Expired) => {
@@ -147,18 +130,17 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
         }
     };
     // An invalid initial status does not stop the session: it starts without it and the client is told why.
-    let mut status_error = None;
     let status = status.and_then(|c| match validate_choice(c) {
         Ok(c) => Some(c),
         Err(e) => {
-            status_error = Some(e);
+            status_error = Some(e.to_string());
             None
         }
     });
     let auto = auto.and_then(|a| match validate_auto(a) {
         Ok(a) => Some(a),
         Err(e) => {
-            status_error = Some(e);
+            status_error = Some(e.to_string());
             None
         }
     });
@@ -206,13 +188,16 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
             )
         },
     );
+    let client_name = printable(&client.name);
+    let (client_version, client_platform) =
+        (printable(&client.version), printable(&client.platform));
     let attached = match resumed {
         Some(attached) => attached,
         None => ctx.hub.join(&user_id, status, auto, conn.clone(), &welcome),
     };
     tracing::info!(
-        %user_id, session_id = %attached.public_id, resumed = attached.resumed, client = %client.name,
-        version = %client.version, platform = %client.platform, "session attached"
+        %user_id, session_id = %attached.public_id, resumed = attached.resumed, client = %client_name,
+        version = %client_version, platform = %client_platform, "session attached"
     );
     let mut connection = Connection {
         ctx: ctx.clone(),
@@ -221,7 +206,7 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
         limiter: RateLimiter::new(ctx.config.status_burst, ctx.config.status_per_second),
     };
     if let Some(e) = status_error {
-        connection.queue(error_frame(ErrorCode::InvalidStatus, e.to_string(), None));
+        connection.queue(error_frame(ErrorCode::InvalidStatus, e, None));
     }
     let writer = tokio::spawn(write_loop(
         sink,
@@ -270,6 +255,88 @@ fn finish(ctx: &Arc<Context>, attached: &Attached, end: End, last_inbound_at: u6
             }
         }
     }
+}
+
+/// What a `hello` brings.
+struct Hello {
+    token: String,
+    client: presently_core::ClientInfo,
+    status: Option<Choice>,
+    auto: Option<Auto>,
+    resume: Option<Resume>,
+}
+
+/// Reads the first frame as a `hello` (protocol section 4). A hello whose only fault is its `status` or `auto`
+/// is accepted without them, with the reason to report; anything else that is not a readable v1 hello is a fatal
+/// error to send.
+fn read_hello(text: &str) -> Result<(Hello, Option<String>), (ErrorCode, String)> {
+    let invalid = |e: serde_json::Error| {
+        (
+            ErrorCode::HelloRequired,
+            format!("the first frame must be a valid hello: {e}"),
+        )
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(invalid)?;
+    if value.get("type").and_then(|t| t.as_str()) != Some("hello") {
+        return Err((
+            ErrorCode::HelloRequired,
+            "the first frame must be hello".into(),
+        ));
+    }
+    match value.get("protocol").and_then(|p| p.as_u64()) {
+        Some(p) if p == u64::from(PROTOCOL_VERSION) => {}
+        other => {
+            let spoken = other.map_or_else(|| "no version".to_owned(), |p| format!("protocol {p}"));
+            return Err((
+                ErrorCode::UnsupportedProtocol,
+                format!("{spoken} is not supported; this server speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+    }
+    let decode = |value: serde_json::Value| serde_json::from_value::<ClientMessage>(value);
+    let (message, status_error) = match decode(value.clone()) {
+        Ok(message) => (message, None),
+        Err(first) => {
+            let mut bare = value;
+            if let Some(object) = bare.as_object_mut() {
+                object.remove("status");
+                object.remove("auto");
+            }
+            let message = decode(bare).map_err(invalid)?;
+            (
+                message,
+                Some(format!("the hello's status was not accepted: {first}")),
+            )
+        }
+    };
+    match message {
+        ClientMessage::Hello {
+            token,
+            client,
+            status,
+            auto,
+            resume,
+            ..
+        } => Ok((
+            Hello {
+                token,
+                client,
+                status,
+                auto,
+                resume,
+            },
+            status_error,
+        )),
+        _ => Err((
+            ErrorCode::HelloRequired,
+            "the first frame must be hello".into(),
+        )),
+    }
+}
+
+/// A client-supplied string made safe for one log line: at most 64 characters, control characters escaped.
+fn printable(s: &str) -> String {
+    s.chars().take(64).flat_map(char::escape_debug).collect()
 }
 
 fn validate_choice(mut choice: Choice) -> Result<Choice, ValidationError> {
@@ -574,11 +641,16 @@ impl Connection {
                     self.list_error(e, Some(reference));
                 } else {
                     let users = self.ctx.hub.query(&users);
-                    self.queue(
-                        ServerMessage::QueryResult { reference, users }
-                            .encode()
-                            .into(),
-                    );
+                    let limit = self.ctx.config.max_frame_bytes;
+                    for part in protocol::split_records(users, limit, |users, more| {
+                        ServerMessage::QueryResult {
+                            reference: reference.clone(),
+                            users,
+                            more,
+                        }
+                    }) {
+                        self.queue(part.into());
+                    }
                 }
             }
             ClientMessage::Ping { reference } => {

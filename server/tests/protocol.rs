@@ -764,3 +764,65 @@ async fn status_updates_are_rate_limited_without_disconnecting() {
         "accepted after the delay, still connected"
     );
 }
+
+#[tokio::test]
+async fn a_hello_with_an_unknown_availability_starts_without_it_and_a_future_hello_is_refused_clearly()
+ {
+    let server = server().await;
+    let mut raw = Raw::connect(&server).await;
+    raw.hello("alice", Some(json!({"availability": "invisible"})))
+        .await;
+    assert_eq!(raw.recv().await["code"], "invalid_status");
+    raw.send(json!({"type": "set_status", "ref": "s", "availability": "sparkling"}))
+        .await;
+    let error = raw.recv().await;
+    assert_eq!(
+        (error["code"].as_str(), error["fatal"].as_bool()),
+        (Some("invalid_message"), Some(false))
+    );
+    raw.send(json!({"type": "query", "ref": "q", "users": ["alice"]}))
+        .await;
+    assert_eq!(raw.recv().await["users"][0]["availability"], "online");
+    // A hello from a future version with a different shape: unsupported_protocol, not hello_required.
+    let mut future = Raw::connect(&server).await;
+    future
+        .send(json!({"type": "hello", "protocol": 2, "credentials": {"kind": "oauth"}}))
+        .await;
+    assert_eq!(future.recv().await["code"], "unsupported_protocol");
+}
+
+#[tokio::test]
+async fn big_snapshots_and_query_results_are_split_to_fit_the_frame_limit() {
+    let server = server().await;
+    let mut raw = Raw::session(&server, "alice").await;
+    // Requests of 1,000 ids of 45 bytes fit in a frame; their answers (about 160 KB) do not.
+    let users: Vec<String> = (0..1_000)
+        .map(|i| format!("user-{i:04}-{}", "x".repeat(35)))
+        .collect();
+    raw.send(json!({"type": "subscribe", "users": users})).await;
+    let mut seen = 0;
+    let mut frames = 0;
+    while seen < 1_000 {
+        let frame = raw.recv().await;
+        assert_eq!(frame["type"], "snapshot");
+        assert!(frame.to_string().len() <= 65_536);
+        seen += frame["users"].as_array().unwrap().len();
+        frames += 1;
+    }
+    assert!(frames > 1, "one frame of 1,000 records would not fit");
+    raw.send(json!({"type": "query", "ref": "big", "users": users}))
+        .await;
+    let mut records = 0;
+    loop {
+        let part = raw.recv().await;
+        assert_eq!(
+            (part["type"].as_str(), part["ref"].as_str()),
+            (Some("query_result"), Some("big"))
+        );
+        records += part["users"].as_array().unwrap().len();
+        if part.get("more").is_none() {
+            break;
+        }
+    }
+    assert_eq!(records, 1_000);
+}
