@@ -49,8 +49,9 @@ pub use presently_core;
 pub use presently_core::protocol::{self, ValidationError};
 pub use presently_core::{
     Activity, AutomationConfig, Availability, ClientConfig, ClientInfo, ConnectionState, DaySet,
-    DndSchedule, DndSource, DndState, DndWindow, ErrorCode, Event, LocalTime, Presence, QueryError,
-    QueryId, ReconnectPolicy, ScheduleError, ServerInfo, SessionInfo, Stats, Status, StatusReason,
+        DndSchedule, DndSource, DndState, DndWindow, ErrorCode, Event, LocalTime, Presence, Privacy,
+    QueryError, QueryId, ReconnectPolicy, ScheduleError, ServerInfo, SessionInfo, Stats, Status,
+    StatusReason, Visibility,
 };
 
 /// What can go wrong when using the client.
@@ -629,6 +630,24 @@ impl Client {
     /// Which rule decided the effective status.
     pub fn status_reason(&self) -> StatusReason {
         self.shared().lock().core.status_reason()
+    }
+
+        /// Publishes what this device is looking at (e.g. `"conversation:42"`), or `None`; watchers see it in
+    /// [`Presence::focus`] and can tell "online and in our conversation" from "online". Kept across reconnects.
+    pub fn set_focus(&self, context: Option<String>) -> Result<(), Error> {
+        Ok(self.shared().with_core(|core, now| core.set_focus(context, now))?)
+    }
+
+    /// Asks the server to apply these privacy settings (who may see you, whether to hide your last seen).
+    /// To appear offline while still seeing others, choose [`Availability::Invisible`] with
+    /// [`Client::set_status`].
+    pub fn set_privacy(&self, privacy: Privacy) {
+        self.shared().with_core(|core, now| core.set_privacy(privacy, now));
+    }
+
+    /// The privacy settings in force, once the server has reported them.
+    pub fn privacy(&self) -> Option<Privacy> {
+        self.shared().lock().core.privacy()
     }
 
     /// Watches users; kept across reconnects. Their presence arrives as [`Event::PresenceChanged`] and in

@@ -30,7 +30,7 @@ use crate::own_status::{self, Automation, AutomationConfig, Changes, DndState, S
 use crate::protocol::{
     self, Auto, AutoState, Choice, ClientInfo, ClientMessage, DecodeError, ErrorCode,
     MAX_FRAME_BYTES, MAX_SUBSCRIPTIONS_PER_SESSION, MAX_USERS_PER_REQUEST, PROTOCOL_VERSION,
-    Presence, Resume, ServerInfo, ServerMessage, Status, ValidationError,
+    Presence, Privacy, Resume, ServerInfo, ServerMessage, Status, ValidationError,
 };
 use crate::time::Instant;
 
@@ -203,6 +203,9 @@ impl fmt::Display for QueryError {
 impl std::error::Error for QueryError {}
 
 /// Something the application may want to know.
+// A presence change carries two records; boxing them would cost an allocation per change and make matching on
+// events clumsier for every application, for a size that only matters in bulk.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// The connection state changed.
@@ -376,6 +379,14 @@ pub struct Client {
     ping_outstanding: Option<Instant>,
     /// A `token_expired` was answered with an immediate retry; a second one is fatal.
     token_retry_used: bool,
+    /// What this session is looking at.
+    focus: Option<String>,
+    /// The privacy settings the application asked for and not yet sent, if any.
+    privacy_pending: Option<Privacy>,
+    /// The privacy settings in force, as the server reported them.
+    privacy: Option<Privacy>,
+    /// When the chosen message clears itself, on the driver's clock.
+    message_expiry: Option<Instant>,
     subscriptions: BTreeSet<String>,
     roster: BTreeMap<String, RosterEntry>,
     /// Queries awaiting their answer, by `ref`, with the parts received so far.
@@ -428,6 +439,10 @@ impl Client {
             server_subscriptions: BTreeSet::new(),
             ping_outstanding: None,
             token_retry_used: false,
+            focus: None,
+            privacy_pending: None,
+            privacy: None,
+            message_expiry: None,
             subscriptions: BTreeSet::new(),
             roster: BTreeMap::new(),
             pending_queries: BTreeMap::new(),
@@ -487,8 +502,10 @@ impl Client {
         let status = protocol::normalize_status(status);
         protocol::validate_status(&status)?;
         if self.manual.as_ref() != Some(&status) {
-            self.manual = Some(status);
-            // Strictly increasing on this device, so that two choices in one millisecond stay in order.
+            self.message_expiry = status
+                .message_expires_at
+                .and_then(|at| self.automation.instant_of_unix_ms(at));
+            self.manual = Some(status); // Strictly increasing on this device, so that two choices in one millisecond stay in order.
             let previous = self.manual_chosen_at.map_or(0, |t| t + 1);
             self.manual_chosen_at = self.automation.unix_ms_at(now).map(|t| t.max(previous));
             self.send_choice(now);
@@ -502,6 +519,82 @@ impl Client {
             now,
         );
         Ok(())
+    }
+
+    /// Sets what this session is looking at (e.g. `"conversation:42"`), or `None`. Watchers see the contexts of
+    /// all the user's devices in [`Presence::focus`]. Kept across reconnects.
+    pub fn set_focus(
+        &mut self,
+        context: Option<String>,
+        now: Instant,
+    ) -> Result<(), ValidationError> {
+        if let Some(c) = &context {
+            protocol::validate_focus(c)?;
+        }
+        if self.focus != context {
+            self.focus = context.clone();
+            if self.link == Link::Connected {
+                self.send(
+                    ClientMessage::SetFocus {
+                        reference: None,
+                        context,
+                    },
+                    now,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// What this session is looking at.
+    pub fn focus(&self) -> Option<&str> {
+        self.focus.as_deref()
+    }
+
+    /// Asks the server to apply these privacy settings (sent now if connected, else after the next `welcome`).
+    pub fn set_privacy(&mut self, privacy: Privacy, now: Instant) {
+        self.privacy_pending = Some(privacy);
+        self.send_privacy(now);
+    }
+
+    /// The privacy settings in force, once the server has reported them.
+    pub fn privacy(&self) -> Option<Privacy> {
+        self.privacy
+    }
+
+    fn send_privacy(&mut self, now: Instant) {
+        if self.link != Link::Connected {
+            return;
+        }
+        if let Some(privacy) = self.privacy_pending.take() {
+            self.send(
+                ClientMessage::SetPrivacy {
+                    reference: None,
+                    privacy,
+                },
+                now,
+            );
+        }
+    }
+
+    /// The chosen message's expiry came: clear it here as the server does there (protocol section 7).
+    fn expire_message(&mut self, now: Instant) {
+        self.message_expiry = None;
+        let Some(manual) = self.manual.as_mut() else {
+            return;
+        };
+        let expired_at = manual.message_expires_at.take();
+        manual.message = None;
+        if let Some(at) = expired_at {
+            self.manual_chosen_at = Some(self.manual_chosen_at.map_or(at, |c| c.max(at)));
+        }
+        self.apply(
+            Changes {
+                recompute: true,
+                ..Changes::default()
+            },
+            now,
+        );
     }
 
     /// The status you last chose, if any.
@@ -701,6 +794,10 @@ impl Client {
 
     /// Adopts the user's choice as the server reports it (made here or on another device).
     fn adopt_choice(&mut self, choice: Choice, now: Instant) {
+        self.message_expiry = choice
+            .status
+            .message_expires_at
+            .and_then(|at| self.automation.instant_of_unix_ms(at));
         self.manual = Some(choice.status);
         self.manual_chosen_at = choice.chosen_at;
         self.choice_dirty = false;
@@ -844,6 +941,7 @@ impl Client {
                     status: self.current_choice(),
                     auto: (auto != Auto::default()).then_some(auto),
                     resume,
+                    focus: self.focus.clone(),
                 },
                 now,
             );
@@ -892,6 +990,9 @@ impl Client {
 
     /// A timer armed from [`Client::poll_timeout`] fired. Calling it early, late or twice is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.message_expiry.is_some_and(|at| now >= at) {
+            self.expire_message(now);
+        }
         let changes = self.automation.handle_timeout(now);
         self.apply(changes, now);
         self.handle_link_timeout(now);
@@ -967,10 +1068,14 @@ impl Client {
     /// timer (connect timeout, heartbeat, liveness, retry) and the automations' (idle warning, away, background,
     /// snooze end, next DND transition). One timer, no polling.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.link_timeout(), self.automation.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.link_timeout(),
+            self.automation.poll_timeout(),
+            self.message_expiry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn link_timeout(&self) -> Option<Instant> {
@@ -1218,6 +1323,7 @@ impl Client {
                 );
             }
             ServerMessage::Choice { status } if connected => self.adopt_choice(status, now),
+            ServerMessage::Privacy { privacy } if connected => self.privacy = Some(privacy),
             ServerMessage::Snapshot { users } if connected => {
                 for record in users {
                     self.apply_record(record);
@@ -1308,6 +1414,7 @@ impl Client {
             | ServerMessage::Presence { .. }
             | ServerMessage::QueryResult { .. }
             | ServerMessage::Choice { .. }
+            | ServerMessage::Privacy { .. }
             | ServerMessage::Pong { .. } => self.stats.unexpected_messages += 1,
         }
     }
@@ -1338,6 +1445,19 @@ impl Client {
         if self.auto_dirty || self.current_auto() != self.sent_auto {
             self.send_auto(now);
         }
+        if resumed {
+            // The session kept its focus; tell it only if it changed meanwhile (cheap to repeat).
+            if self.focus.is_some() {
+                self.send(
+                    ClientMessage::SetFocus {
+                        reference: None,
+                        context: self.focus.clone(),
+                    },
+                    now,
+                );
+            }
+        }
+        self.send_privacy(now);
         // Only the difference from what the server has (all of it for a new session).
         let removed: Vec<String> = self
             .server_subscriptions

@@ -34,7 +34,7 @@ pub use client::{
 pub use dnd::{DaySet, DndSchedule, DndWindow, LocalTime, ScheduleError, ScheduleState};
 pub use own_status::{AutomationConfig, DndSource, DndState, StatusReason};
 pub use protocol::{
-    Activity, Auto, AutoState, Availability, Choice, ClientInfo, ErrorCode, Presence, ServerInfo,
-    Status, ValidationError,
+    Activity, Auto, AutoState, Availability, Choice, ClientInfo, ErrorCode, Presence, Privacy,
+    ServerInfo, Status, ValidationError, Visibility,
 };
 pub use time::Instant;

@@ -5,6 +5,7 @@
 //!
 //! | rule | when | effective availability | message and activity | reason |
 //! |---|---|---|---|---|
+//! | 0 | you chose **invisible** | invisible (watchers see offline) | yours | `Manual` |
 //! | 1 | you chose **busy** | busy | yours | `Manual` |
 //! | 2 | **DND** is on (a scheduled window or a snooze) | busy | the DND message if there is one, else yours; your activity | `Dnd` |
 //! | 3 | you chose **away** | away | yours | `Manual` |
@@ -14,7 +15,7 @@
 //!
 //! The first rule that applies wins. Idle and background never turn busy (chosen or DND) into away, and ending
 //! an automation restores exactly what you chose, because your choice is kept apart from what the automations
-//! say. Appearing offline (invisible) is not part of protocol v1 yet; it will sit above rule 1.
+//! say.
 
 use std::time::Duration;
 
@@ -109,7 +110,8 @@ pub fn combine(
     idle: bool,
     background: bool,
 ) -> (Status, StatusReason) {
-    if manual.availability == Availability::Busy {
+    // Rule 0: invisible hides everything else.
+    if manual.availability == Availability::Invisible || manual.availability == Availability::Busy {
         return (manual.clone(), StatusReason::Manual);
     }
     if let Some(dnd_message) = dnd {
@@ -119,6 +121,10 @@ pub fn combine(
                 .map(str::to_owned)
                 .or_else(|| manual.message.clone()),
             activity: manual.activity.clone(),
+            message_expires_at: match dnd_message {
+                Some(_) => None,
+                None => manual.message_expires_at,
+            },
         };
         return (status, StatusReason::Dnd);
     }
@@ -288,6 +294,12 @@ impl Automation {
         }
         self.wall_offset = Some(offset);
         self.evaluate_schedule(now)
+    }
+
+    /// The driver's instant at Unix milliseconds `unix_ms`, if the wall clock is known.
+    pub(crate) fn instant_of_unix_ms(&self, unix_ms: u64) -> Option<Instant> {
+        let utc = DateTime::from_timestamp_millis(i64::try_from(unix_ms).ok()?)?;
+        self.to_instant(utc)
     }
 
     /// Unix milliseconds at `at`, if the wall clock is known.
@@ -545,6 +557,8 @@ mod tests {
         let dnd_plain = Some(None);
         // (manual, dnd, idle, background) => (availability, message, reason)
         let rows: Vec<Row> = vec![
+            // Rule 0: invisible beats everything.
+            (Invisible, dnd_msg, true, true, Invisible, "mine", R::Manual),
             // Rule 1: explicit busy beats everything, including DND, idle and background.
             (Busy, None, false, false, Busy, "mine", R::Manual),
             (Busy, dnd_msg, true, true, Busy, "mine", R::Manual),

@@ -30,6 +30,10 @@ pub const MAX_SUBSCRIPTIONS_PER_SESSION: usize = 10_000;
 pub const MAX_REF_BYTES: usize = 64;
 /// The longest `client.name`, `client.version` or `client.platform`, in bytes.
 pub const MAX_CLIENT_INFO_BYTES: usize = 64;
+/// The longest focus context, in bytes.
+pub const MAX_FOCUS_BYTES: usize = 128;
+/// The most contacts one user may have.
+pub const MAX_CONTACTS: usize = 10_000;
 
 /// What watchers should show for a user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -42,6 +46,9 @@ pub enum Availability {
     Busy,
     /// No session: not connected.
     Offline,
+    /// Chosen by a user to appear offline while still seeing others; watchers see `Offline`, only the user
+    /// sees `Invisible`.
+    Invisible,
 }
 
 impl Availability {
@@ -52,6 +59,7 @@ impl Availability {
             Availability::Away => "away",
             Availability::Busy => "busy",
             Availability::Offline => "offline",
+            Availability::Invisible => "invisible",
         }
     }
 }
@@ -72,9 +80,10 @@ impl<'de> Deserialize<'de> for Availability {
             "away" => Ok(Availability::Away),
             "busy" => Ok(Availability::Busy),
             "offline" => Ok(Availability::Offline),
+            "invisible" => Ok(Availability::Invisible),
             other => Err(serde::de::Error::unknown_variant(
                 other,
-                &["online", "away", "busy", "offline"],
+                &["online", "away", "busy", "offline", "invisible"],
             )),
         }
     }
@@ -90,6 +99,7 @@ fn lenient_availability<'de, D: Deserializer<'de>>(
         "away" => Availability::Away,
         "busy" => Availability::Busy,
         "offline" => Availability::Offline,
+        "invisible" => Availability::Invisible,
         _ => Availability::Online,
     })
 }
@@ -131,6 +141,9 @@ pub struct Status {
     /// What the user is doing; `None` for nothing in particular.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity: Option<Activity>,
+    /// When the message clears itself, Unix time in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_expires_at: Option<u64>,
 }
 
 impl Status {
@@ -140,12 +153,20 @@ impl Status {
             availability,
             message: None,
             activity: None,
+            message_expires_at: None,
         }
     }
 
     /// The same status with a custom message.
     pub fn with_message(mut self, message: impl Into<String>) -> Self {
         self.message = Some(message.into());
+        self
+    }
+
+    /// The same status with a message that clears itself at `expires_at` (Unix time in milliseconds).
+    pub fn with_message_until(mut self, message: impl Into<String>, expires_at: u64) -> Self {
+        self.message = Some(message.into());
+        self.message_expires_at = Some(expires_at);
         self
     }
 
@@ -262,6 +283,9 @@ pub struct Presence {
     pub since: Option<u64>,
     /// Per-user version, strictly increasing with every change of this record.
     pub version: u64,
+    /// What the user's devices are looking at (e.g. `"conversation:42"`), sorted; empty for nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub focus: Vec<String>,
 }
 
 impl Presence {
@@ -275,7 +299,13 @@ impl Presence {
             last_active_at: None,
             since: None,
             version: 0,
+            focus: Vec::new(),
         }
+    }
+
+    /// Whether the user's devices are looking at `context`.
+    pub fn is_focused_on(&self, context: &str) -> bool {
+        self.focus.iter().any(|f| f == context)
     }
 
     /// True when everything but the version is equal: a real change for an application is one where this is
@@ -287,6 +317,7 @@ impl Presence {
             && self.activity == other.activity
             && self.last_active_at == other.last_active_at
             && self.since == other.since
+            && self.focus == other.focus
     }
 }
 
@@ -450,6 +481,30 @@ impl<'de> Deserialize<'de> for ErrorCode {
     }
 }
 
+/// Who may see a user's presence (protocol section 7, `set_privacy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// Everyone who watches.
+    #[default]
+    Everyone,
+    /// Only the user's contacts.
+    Contacts,
+    /// Nobody.
+    Nobody,
+}
+
+/// A user's privacy settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Privacy {
+    /// Who may see the user's presence.
+    #[serde(default)]
+    pub visibility: Visibility,
+    /// Hide `last_active_at` from everyone but the user.
+    #[serde(default)]
+    pub hide_last_seen: bool,
+}
+
 /// A message from client to server.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -471,6 +526,9 @@ pub enum ClientMessage {
         /// Resume a dropped session.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<Resume>,
+        /// What this session is looking at.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        focus: Option<String>,
     },
     /// Set the user's explicit choice.
     SetStatus {
@@ -489,6 +547,23 @@ pub enum ClientMessage {
         /// The state and DND message.
         #[serde(flatten)]
         auto: Auto,
+    },
+    /// What this session is looking at (`None`: nothing in particular).
+    SetFocus {
+        /// Correlates an `error` with this request.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// The context, e.g. `"conversation:42"`.
+        context: Option<String>,
+    },
+    /// The user's privacy settings.
+    SetPrivacy {
+        /// Correlates an `error` with this request.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// The settings.
+        #[serde(flatten)]
+        privacy: Privacy,
     },
     /// Watch users: the server answers with a snapshot, then updates.
     Subscribe {
@@ -562,6 +637,12 @@ pub enum ServerMessage {
     Choice {
         /// The choice.
         status: Choice,
+    },
+    /// The user's privacy settings now in force.
+    Privacy {
+        /// The settings.
+        #[serde(flatten)]
+        privacy: Privacy,
     },
     /// Full records of users listed in a `subscribe`.
     Snapshot {
@@ -757,6 +838,8 @@ pub enum ValidationError {
     },
     /// A client info field is too long.
     ClientInfoTooLong(&'static str),
+    /// A focus context that is empty, too long or holds control characters.
+    InvalidFocus(String),
 }
 
 impl fmt::Display for ValidationError {
@@ -790,6 +873,10 @@ impl fmt::Display for ValidationError {
             ValidationError::TooManySubscriptions { count } => write!(
                 f,
                 "watching {count} users would exceed the limit of {MAX_SUBSCRIPTIONS_PER_SESSION} per session"
+            ),
+            ValidationError::InvalidFocus(context) => write!(
+                f,
+                "focus context {context:?} must be 1 to {MAX_FOCUS_BYTES} bytes without control characters"
             ),
             ValidationError::ClientInfoTooLong(field) => {
                 write!(
@@ -876,6 +963,14 @@ pub fn validate_status(status: &Status) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Checks a focus context: 1 to [`MAX_FOCUS_BYTES`] bytes, no control characters.
+pub fn validate_focus(context: &str) -> Result<(), ValidationError> {
+    if context.is_empty() || context.len() > MAX_FOCUS_BYTES || context.chars().any(is_control) {
+        return Err(ValidationError::InvalidFocus(shorten(context)));
+    }
+    Ok(())
+}
+
 /// Checks client info: each field at most [`MAX_CLIENT_INFO_BYTES`] bytes.
 pub fn validate_client_info(info: &ClientInfo) -> Result<(), ValidationError> {
     for (field, value) in [
@@ -936,6 +1031,18 @@ mod tests {
                     session_id: "s".into(),
                     last_version: 9,
                 }),
+                focus: Some("conversation:1".into()),
+            },
+            ClientMessage::SetFocus {
+                reference: None,
+                context: None,
+            },
+            ClientMessage::SetPrivacy {
+                reference: None,
+                privacy: Privacy {
+                    visibility: Visibility::Contacts,
+                    hide_last_seen: true,
+                },
             },
             ClientMessage::SetStatus {
                 reference: Some("s1".into()),
@@ -1134,13 +1241,13 @@ mod tests {
     fn what_a_client_sets_is_read_strictly_and_records_leniently() {
         assert!(
             ClientMessage::decode(
-                r#"{"type":"set_status","availability":"invisible"}"#,
+                r#"{"type":"set_status","availability":"sparkling"}"#,
                 MAX_FRAME_BYTES
             )
             .is_err()
         );
         let record = ServerMessage::decode(
-            r#"{"type":"presence","user":{"user_id":"b","availability":"invisible","version":1}}"#,
+            r#"{"type":"presence","user":{"user_id":"b","availability":"sparkling","version":1}}"#,
             MAX_FRAME_BYTES,
         );
         assert!(

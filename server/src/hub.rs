@@ -1,20 +1,24 @@
 //! The server's presence state: users, their sessions (attached to a connection or waiting to be resumed), who
-//! watches whom, and fan-out of changes.
+//! watches whom, privacy, and fan-out of changes.
 //!
 //! Everything happens under one lock, held only for map updates and non-blocking queue pushes, so that the
 //! order in which frames are queued to a session is the order of the changes: a welcome precedes everything
 //! else, and a snapshot queued while subscribing precedes the updates that follow it.
+//!
+//! Privacy (protocol section 7, "What a watcher may see") is enforced here, in one place: every record that
+//! leaves the hub is made for its watcher by [`view_of`] and [`record_for`], and a watcher receives a frame only
+//! when the record made for it changes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use presently_core::protocol::{
-    Auto, AutoState, Choice, ErrorCode, MAX_FRAME_BYTES, MAX_SUBSCRIPTIONS_PER_SESSION,
-    ServerMessage, split_records,
+    Auto, AutoState, Choice, ErrorCode, MAX_FRAME_BYTES, MAX_SUBSCRIPTIONS_PER_SESSION, Privacy,
+    ServerMessage, Visibility, split_records,
 };
-use presently_core::{Availability, Presence, Status};
+use presently_core::{Activity, Availability, Presence, Status};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -63,12 +67,37 @@ pub(crate) struct Conn {
     pub(crate) control: Arc<SessionControl>,
 }
 
-/// What the user's watchers see, without times and version.
+/// What the user's presence is, before privacy: the aggregate of their sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Shown {
     availability: Availability,
     message: Option<String>,
-    activity: Option<presently_core::Activity>,
+    activity: Option<Activity>,
+    focus: Vec<String>,
+}
+
+impl Shown {
+    fn offline() -> Self {
+        Shown {
+            availability: Availability::Offline,
+            message: None,
+            activity: None,
+            focus: Vec::new(),
+        }
+    }
+}
+
+/// Which record a watcher gets of a user (protocol section 7, "What a watcher may see").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum View {
+    /// The user watching themselves: everything.
+    Own,
+    /// An allowed watcher of a visible user.
+    Full,
+    /// An allowed watcher of an invisible user: offline since the user became invisible.
+    Invisible,
+    /// A watcher the user's visibility excludes: a user who is never online.
+    Denied,
 }
 
 #[derive(Debug)]
@@ -80,8 +109,12 @@ struct UserState {
     shown: Shown,
     last_active_at: Option<u64>,
     since: Option<u64>,
-    /// Whether the user was ever seen (a never-seen user's record has nulls and version 0).
+    /// When the user became invisible, while they are.
+    invisible_since: Option<u64>,
+    /// Whether the user was ever seen (a never-seen user's record has nulls).
     seen: bool,
+    privacy: Privacy,
+    contacts: HashSet<String>,
 }
 
 impl UserState {
@@ -90,34 +123,82 @@ impl UserState {
             choice: None,
             sessions: Vec::new(),
             watchers: HashSet::new(),
-            shown: Shown {
-                availability: Availability::Offline,
-                message: None,
-                activity: None,
-            },
+            shown: Shown::offline(),
             last_active_at: None,
             since: None,
+            invisible_since: None,
             seen: false,
+            privacy: Privacy::default(),
+            contacts: HashSet::new(),
         }
     }
 
-    fn record(&self, user_id: &str, version: u64) -> Presence {
-        if !self.seen {
-            return Presence::unknown(user_id);
-        }
-        Presence {
-            user_id: user_id.to_owned(),
-            availability: self.shown.availability,
-            message: self.shown.message.clone(),
-            activity: self.shown.activity.clone(),
-            last_active_at: self.last_active_at,
-            since: self.since,
-            version,
-        }
-    }
-
+    /// Nothing worth keeping: never seen, unwatched, default privacy, no contacts.
     fn forgettable(&self) -> bool {
-        !self.seen && self.sessions.is_empty() && self.watchers.is_empty()
+        !self.seen
+            && self.sessions.is_empty()
+            && self.watchers.is_empty()
+            && self.privacy == Privacy::default()
+            && self.contacts.is_empty()
+    }
+}
+
+/// The view `watcher` gets of `user_id`.
+fn view_of(user: &UserState, user_id: &str, watcher: &str) -> View {
+    if watcher == user_id {
+        return View::Own;
+    }
+    let allowed = match user.privacy.visibility {
+        Visibility::Everyone => true,
+        Visibility::Contacts => user.contacts.contains(watcher),
+        Visibility::Nobody => false,
+    };
+    if !allowed {
+        View::Denied
+    } else if user.shown.availability == Availability::Invisible {
+        View::Invisible
+    } else {
+        View::Full
+    }
+}
+
+/// The record of `user_id` for a view.
+fn record_for(user: &UserState, user_id: &str, view: View, version: u64) -> Presence {
+    let blank = Presence {
+        version,
+        ..Presence::unknown(user_id)
+    };
+    if !user.seen {
+        return blank;
+    }
+    let last_seen = |at: Option<u64>| {
+        if user.privacy.hide_last_seen {
+            None
+        } else {
+            at
+        }
+    };
+    match view {
+        View::Denied => blank,
+        View::Invisible => Presence {
+            last_active_at: last_seen(user.invisible_since),
+            since: user.invisible_since,
+            ..blank
+        },
+        View::Own | View::Full => Presence {
+            user_id: user_id.to_owned(),
+            availability: user.shown.availability,
+            message: user.shown.message.clone(),
+            activity: user.shown.activity.clone(),
+            last_active_at: if view == View::Own {
+                user.last_active_at
+            } else {
+                last_seen(user.last_active_at)
+            },
+            since: user.since,
+            version,
+            focus: user.shown.focus.clone(),
+        },
     }
 }
 
@@ -130,8 +211,16 @@ struct SessionState {
     /// Bumped on every attach, so that a stale connection's end does not detach a resumed session.
     generation: u64,
     auto: Auto,
-    /// Watched users and the version of the last record sent to this session for each.
-    watching: HashMap<String, u64>,
+    focus: Option<String>,
+    /// Watched users, with the version and content of the last record sent to this session for each.
+    watching: HashMap<String, Sent>,
+}
+
+/// The last record a session was sent about a user.
+#[derive(Debug, Clone)]
+struct Sent {
+    version: u64,
+    record: Presence,
 }
 
 #[derive(Debug, Default)]
@@ -149,6 +238,14 @@ impl HubState {
     fn stamp(&mut self) -> u64 {
         self.clock = (self.clock + 1).max(unix_micros());
         self.clock
+    }
+
+    /// The record `watcher_user` gets of `user_id` now (without its version).
+    fn view_record(&self, user_id: &str, watcher_user: &str) -> Presence {
+        match self.users.get(user_id) {
+            Some(user) => record_for(user, user_id, view_of(user, user_id, watcher_user), 0),
+            None => Presence::unknown(user_id),
+        }
     }
 }
 
@@ -178,6 +275,14 @@ pub(crate) struct Attached {
     pub(crate) generation: u64,
     pub(crate) public_id: String,
     pub(crate) resumed: bool,
+}
+
+/// What a `hello` brings to a session besides credentials.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Intro {
+    pub(crate) choice: Option<Choice>,
+    pub(crate) auto: Option<Auto>,
+    pub(crate) focus: Option<String>,
 }
 
 /// The presence state of one server.
@@ -226,6 +331,14 @@ impl Hub {
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, HubState> {
+        // A panic while holding the lock leaves consistent maps behind (every update is a few inserts), so a
+        // poisoned lock is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Queues `records` as one or more `snapshot` frames that each fit the frame limit.
     fn push_snapshot(&self, conn: &Conn, records: Vec<Presence>) {
         for frame in split_records(records, self.max_frame_bytes, |users, _| {
@@ -235,21 +348,11 @@ impl Hub {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HubState> {
-        // A panic while holding the lock leaves consistent maps behind (every update is a few inserts), so a
-        // poisoned lock is still usable.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Starts a new session of `user_id`, queues its `welcome`, and applies the choice and automatic state its
-    /// `hello` brought.
+    /// Starts a new session of `user_id`, queues its `welcome`, and applies what its `hello` brought.
     pub(crate) fn join(
         &self,
         user_id: &str,
-        choice: Option<Choice>,
-        auto: Option<Auto>,
+        intro: Intro,
         conn: Conn,
         welcome: WelcomeBuilder<'_>,
     ) -> Attached {
@@ -265,7 +368,8 @@ impl Hub {
                 user_id: user_id.to_owned(),
                 conn: Some(conn.clone()),
                 generation: 1,
-                auto: auto.unwrap_or_default(),
+                auto: intro.auto.unwrap_or_default(),
+                focus: intro.focus,
                 watching: HashMap::new(),
             },
         );
@@ -276,13 +380,14 @@ impl Hub {
             .entry(user_id.to_owned())
             .or_insert_with(UserState::new);
         user.sessions.push(key);
-        let choice_changed = choice.is_some_and(|c| apply_choice(user, c));
+        let choice_changed = intro.choice.is_some_and(|c| apply_choice(user, c));
         let current = current_choice(user);
         self.push(&conn, welcome(&public_id, false, current));
+        self.push(&conn, privacy_frame(user.privacy));
         if choice_changed {
             self.send_choice(state, user_id);
         }
-        self.refresh(state, user_id, Some(unix_millis()));
+        self.refresh(state, user_id, Some(unix_millis()), false);
         Attached {
             key,
             generation: 1,
@@ -294,14 +399,12 @@ impl Hub {
     /// Reattaches a session waiting to be resumed (or still attached to a connection the server has not seen
     /// die), queues `welcome` and the snapshot of what changed after `last_version`. `None` if the session
     /// cannot be resumed.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn resume(
         &self,
         user_id: &str,
         public_id: &str,
         last_version: u64,
-        choice: Option<Choice>,
-        auto: Option<Auto>,
+        intro: Intro,
         conn: Conn,
         welcome: WelcomeBuilder<'_>,
     ) -> Option<Attached> {
@@ -318,32 +421,46 @@ impl Hub {
         session.generation += 1;
         session.conn = Some(conn.clone());
         let generation = session.generation;
-        if let Some(auto) = auto {
+        if let Some(auto) = intro.auto {
             session.auto = auto;
+        }
+        if intro.focus.is_some() {
+            session.focus = intro.focus;
         }
         let watched: Vec<(String, u64)> = session
             .watching
             .iter()
-            .map(|(u, v)| (u.clone(), *v))
+            .map(|(u, sent)| (u.clone(), sent.version))
             .collect();
         self.sessions_resumed.fetch_add(1, Ordering::Relaxed);
         let choice_changed = match state.users.get_mut(user_id) {
-            Some(user) => choice.is_some_and(|c| apply_choice(user, c)),
+            Some(user) => intro.choice.is_some_and(|c| apply_choice(user, c)),
             None => false,
         };
-        let current = state.users.get(user_id).and_then(current_choice);
+        let user = state.users.get(user_id);
+        let current = user.and_then(current_choice);
+        let privacy = user.map(|u| u.privacy).unwrap_or_default();
         self.push(&conn, welcome(public_id, true, current));
+        self.push(&conn, privacy_frame(privacy));
         // What changed while the connection was away: every watched user whose last record sent to this session
         // is newer than what the client saw.
         let stamp = state.stamp();
         let mut records = Vec::new();
         for (watched_user, sent_version) in watched {
             if sent_version > last_version {
-                if let Some(user) = state.users.get(&watched_user) {
-                    records.push(user.record(&watched_user, stamp));
-                }
+                let record = state.view_record(&watched_user, user_id);
+                records.push(Presence {
+                    version: stamp,
+                    ..record.clone()
+                });
                 if let Some(session) = state.sessions.get_mut(&key) {
-                    session.watching.insert(watched_user, stamp);
+                    session.watching.insert(
+                        watched_user,
+                        Sent {
+                            version: stamp,
+                            record,
+                        },
+                    );
                 }
             }
         }
@@ -351,7 +468,7 @@ impl Hub {
         if choice_changed {
             self.send_choice(state, user_id);
         }
-        self.refresh(state, user_id, None);
+        self.refresh(state, user_id, None, false);
         Some(Attached {
             key,
             generation,
@@ -399,8 +516,35 @@ impl Hub {
         };
         if apply_choice(user, choice) {
             self.send_choice(state, &user_id);
-            self.refresh(state, &user_id, Some(unix_millis()));
+            self.refresh(state, &user_id, Some(unix_millis()), false);
         }
+    }
+
+    /// The user's current choice's message expiry, as (choice time, expiry), if it has one.
+    pub(crate) fn message_expiry(&self, user_id: &str) -> Option<(u64, u64)> {
+        let state = self.lock();
+        let (status, chosen_at) = state.users.get(user_id)?.choice.as_ref()?;
+        status.message_expires_at.map(|at| (*chosen_at, at))
+    }
+
+    /// The message of the choice made at `chosen_at` expired: clear it, if that choice still holds.
+    pub(crate) fn expire_message(&self, user_id: &str, chosen_at: u64) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(user) = state.users.get_mut(user_id) else {
+            return;
+        };
+        let Some((status, at)) = user.choice.as_mut() else {
+            return;
+        };
+        if *at != chosen_at || status.message_expires_at.is_none() {
+            return;
+        }
+        let expired_at = status.message_expires_at.take().unwrap_or(chosen_at);
+        status.message = None;
+        *at = (*at).max(expired_at);
+        self.send_choice(state, user_id);
+        self.refresh(state, user_id, None, false);
     }
 
     /// Applies a validated automatic state from a session.
@@ -416,7 +560,69 @@ impl Hub {
         let active = auto.state == AutoState::Active;
         session.auto = auto;
         let user_id = session.user_id.clone();
-        self.refresh(state, &user_id, active.then(unix_millis));
+        self.refresh(state, &user_id, active.then(unix_millis), false);
+    }
+
+    /// Applies a validated focus context from a session.
+    pub(crate) fn set_focus(&self, key: u64, focus: Option<String>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(session) = state.sessions.get_mut(&key) else {
+            return;
+        };
+        if session.focus == focus {
+            return;
+        }
+        session.focus = focus;
+        let user_id = session.user_id.clone();
+        self.refresh(state, &user_id, Some(unix_millis()), false);
+    }
+
+    /// Applies a user's privacy settings (from one of their sessions) and tells all their sessions.
+    pub(crate) fn set_privacy(&self, key: u64, privacy: Privacy) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(user_id) = state.sessions.get(&key).map(|s| s.user_id.clone()) else {
+            return;
+        };
+        let Some(user) = state.users.get_mut(&user_id) else {
+            return;
+        };
+        user.privacy = privacy;
+        let frame = privacy_frame(privacy);
+        for session in user.sessions.iter().filter_map(|k| state.sessions.get(k)) {
+            if let Some(conn) = &session.conn {
+                self.push(conn, frame.clone());
+            }
+        }
+        self.refresh(state, &user_id, None, true);
+    }
+
+    /// Replaces a user's contact list (admin API): who may see them under `contacts` visibility.
+    pub(crate) fn set_contacts(&self, user_id: &str, contacts: HashSet<String>) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let user = state
+            .users
+            .entry(user_id.to_owned())
+            .or_insert_with(UserState::new);
+        user.contacts = contacts;
+        self.refresh(state, user_id, None, true);
+        if state.users.get(user_id).is_some_and(UserState::forgettable) {
+            state.users.remove(user_id);
+        }
+    }
+
+    /// A user's contact list, sorted.
+    pub(crate) fn contacts(&self, user_id: &str) -> Vec<String> {
+        let state = self.lock();
+        let mut contacts: Vec<String> = state
+            .users
+            .get(user_id)
+            .map(|u| u.contacts.iter().cloned().collect())
+            .unwrap_or_default();
+        contacts.sort();
+        contacts
     }
 
     /// Adds users to a session's watch list and queues the snapshot. Returns the error to report if the
@@ -425,7 +631,7 @@ impl Hub {
         let mut guard = self.lock();
         let state = &mut *guard;
         let stamp = state.stamp();
-        let session = state.sessions.get_mut(&key)?;
+        let watcher_user = state.sessions.get(&key)?.user_id.clone();
         let mut listed = HashSet::new();
         let mut records = Vec::new();
         let mut cut_short = None;
@@ -433,21 +639,34 @@ impl Hub {
             if !listed.insert(user_id.clone()) {
                 continue;
             }
+            let session = state.sessions.get_mut(&key)?;
             if !session.watching.contains_key(&user_id)
                 && session.watching.len() >= MAX_SUBSCRIPTIONS_PER_SESSION
             {
                 cut_short = Some(ErrorCode::TooManySubscriptions);
                 continue;
             }
-            session.watching.insert(user_id.clone(), stamp);
             let user = state
                 .users
                 .entry(user_id.clone())
                 .or_insert_with(UserState::new);
             user.watchers.insert(key);
-            records.push(user.record(&user_id, stamp));
+            let record = record_for(user, &user_id, view_of(user, &user_id, &watcher_user), 0);
+            records.push(Presence {
+                version: stamp,
+                ..record.clone()
+            });
+            if let Some(session) = state.sessions.get_mut(&key) {
+                session.watching.insert(
+                    user_id,
+                    Sent {
+                        version: stamp,
+                        record,
+                    },
+                );
+            }
         }
-        if let Some(conn) = session.conn.clone() {
+        if let Some(conn) = state.sessions.get(&key).and_then(|s| s.conn.clone()) {
             self.push_snapshot(&conn, records);
         }
         cut_short
@@ -472,19 +691,20 @@ impl Hub {
         }
     }
 
-    /// The current records of `users`, one per distinct user in the order first listed.
-    pub(crate) fn query(&self, users: &[String]) -> Vec<Presence> {
+    /// The records `users` as the session's user may see them, one per distinct user in the order first listed.
+    pub(crate) fn query(&self, key: u64, users: &[String]) -> Vec<Presence> {
         let mut state = self.lock();
         let stamp = state.stamp();
+        let Some(watcher_user) = state.sessions.get(&key).map(|s| s.user_id.clone()) else {
+            return Vec::new();
+        };
         let mut listed = HashSet::new();
         users
             .iter()
             .filter(|u| listed.insert(u.as_str()))
-            .map(|u| {
-                state.users.get(u).map_or_else(
-                    || Presence::unknown(u.as_str()),
-                    |user| user.record(u, stamp),
-                )
+            .map(|u| Presence {
+                version: stamp,
+                ..state.view_record(u, &watcher_user)
             })
             .collect()
     }
@@ -515,7 +735,7 @@ impl Hub {
             user.choice = None;
             user.last_active_at = Some(user.last_active_at.unwrap_or(0).max(last_inbound_at));
         }
-        self.refresh(state, &session.user_id, None);
+        self.refresh(state, &session.user_id, None, false);
     }
 
     /// Counters.
@@ -536,26 +756,22 @@ impl Hub {
         }
     }
 
-    /// Recomputes what the user's watchers see (protocol section 6.1) and, if it changed, fans it out.
-    /// `active_at` is the Unix ms at which the user was active, if the cause of the change says so.
-    fn refresh(&self, state: &mut HubState, user_id: &str, active_at: Option<u64>) {
+    /// Recomputes the user's presence (protocol section 6.1) and sends every watcher whose view of it changed
+    /// the new record. `active_at` is the Unix ms at which the user was active, if the cause says so; `views`
+    /// is set when who-sees-what may have changed (privacy, contacts) although the presence did not.
+    fn refresh(&self, state: &mut HubState, user_id: &str, active_at: Option<u64>, views: bool) {
         let Some(user) = state.users.get(user_id) else {
             return;
         };
         let shown = if user.sessions.is_empty() {
-            Shown {
-                availability: Availability::Offline,
-                message: None,
-                activity: None,
-            }
+            Shown::offline()
         } else {
-            let autos: Vec<&Auto> = user
+            let sessions: Vec<&SessionState> = user
                 .sessions
                 .iter()
                 .filter_map(|k| state.sessions.get(k))
-                .map(|s| &s.auto)
                 .collect();
-            aggregate(user.choice.as_ref().map(|(s, _)| s), &autos)
+            aggregate(user.choice.as_ref().map(|(s, _)| s), &sessions)
         };
         let Some(user) = state.users.get_mut(user_id) else {
             return;
@@ -563,46 +779,90 @@ impl Hub {
         if let Some(at) = active_at {
             user.last_active_at = Some(at);
         }
-        if user.seen && shown == user.shown {
-            return;
+        let changed = !user.seen || shown != user.shown;
+        if changed {
+            let now = unix_millis();
+            let was = user.shown.availability;
+            if shown.availability == Availability::Invisible && was != Availability::Invisible {
+                user.invisible_since = Some(now);
+            }
+            if was == Availability::Invisible && shown.availability == Availability::Offline {
+                // An invisible user who leaves was already offline for watchers: nothing may move.
+                user.since = user.invisible_since;
+                user.last_active_at = user.invisible_since;
+            } else if !user.seen || shown.availability != was {
+                user.since = Some(now);
+            }
+            if shown.availability != Availability::Invisible {
+                user.invisible_since = None;
+            }
+            if user.last_active_at.is_none() {
+                user.last_active_at = Some(now);
+            }
+            user.seen = true;
+            user.shown = shown;
         }
-        let now = unix_millis();
-        if !user.seen || shown.availability != user.shown.availability {
-            user.since = Some(now);
+        if changed || views {
+            self.fan_out(state, user_id);
         }
-        if user.last_active_at.is_none() {
-            user.last_active_at = Some(now);
-        }
-        user.seen = true;
-        user.shown = shown;
-        self.broadcast(state, user_id);
     }
 
-    /// Queues the user's current record to every watcher, encoding it once, and notes the version sent.
-    fn broadcast(&self, state: &mut HubState, user_id: &str) {
-        if state
-            .users
-            .get(user_id)
-            .is_none_or(|u| u.watchers.is_empty())
-        {
-            return;
-        }
-        let stamp = state.stamp();
+    /// Sends each watcher of the user the record made for it, if it differs from the last one it was sent.
+    /// Changes a watcher may not see therefore produce no frame for it at all.
+    fn fan_out(&self, state: &mut HubState, user_id: &str) {
         let Some(user) = state.users.get(user_id) else {
             return;
         };
-        let frame: Arc<str> = ServerMessage::Presence {
-            user: user.record(user_id, stamp),
+        if user.watchers.is_empty() {
+            return;
         }
-        .encode()
-        .into();
-        let watchers: Vec<u64> = user.watchers.iter().copied().collect();
-        for watcher in watchers {
+        let mut pending: Vec<(u64, Presence)> = Vec::new();
+        for watcher in &user.watchers {
+            let Some(session) = state.sessions.get(watcher) else {
+                continue;
+            };
+            let record = record_for(user, user_id, view_of(user, user_id, &session.user_id), 0);
+            let unchanged = session
+                .watching
+                .get(user_id)
+                .is_some_and(|sent| sent.record.same_content(&record));
+            if !unchanged {
+                pending.push((*watcher, record));
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let stamp = state.stamp();
+        // One encoding per distinct record (views), shared by every watcher that gets it.
+        let mut frames: Vec<(Presence, Arc<str>)> = Vec::new();
+        for (watcher, record) in pending {
+            let frame = match frames.iter().find(|(r, _)| r.same_content(&record)) {
+                Some((_, frame)) => frame.clone(),
+                None => {
+                    let frame: Arc<str> = ServerMessage::Presence {
+                        user: Presence {
+                            version: stamp,
+                            ..record.clone()
+                        },
+                    }
+                    .encode()
+                    .into();
+                    frames.push((record.clone(), frame.clone()));
+                    frame
+                }
+            };
             if let Some(session) = state.sessions.get_mut(&watcher) {
                 // Noted even while detached: a resume then knows this record was missed.
-                session.watching.insert(user_id.to_owned(), stamp);
+                session.watching.insert(
+                    user_id.to_owned(),
+                    Sent {
+                        version: stamp,
+                        record,
+                    },
+                );
                 if let Some(conn) = &session.conn {
-                    self.push(conn, frame.clone());
+                    self.push(conn, frame);
                 }
             }
         }
@@ -636,6 +896,10 @@ impl Hub {
     }
 }
 
+fn privacy_frame(privacy: Privacy) -> Arc<str> {
+    ServerMessage::Privacy { privacy }.encode().into()
+}
+
 fn current_choice(user: &UserState) -> Option<Choice> {
     user.choice.as_ref().map(|(status, at)| Choice {
         status: status.clone(),
@@ -644,29 +908,46 @@ fn current_choice(user: &UserState) -> Option<Choice> {
 }
 
 /// Adopts `choice` as the user's if it is newer than the current one (protocol section 6.1). A choice without
-/// a time is timed at its receipt, after the current one.
-fn apply_choice(user: &mut UserState, choice: Choice) -> bool {
+/// a time is timed at its receipt, after the current one. A message whose expiry has passed is dropped.
+fn apply_choice(user: &mut UserState, mut choice: Choice) -> bool {
+    let now = unix_millis();
     let current = user.choice.as_ref().map(|(_, at)| *at);
     let chosen_at = choice
         .chosen_at
-        .unwrap_or_else(|| unix_millis().max(current.map_or(0, |c| c + 1)));
+        .unwrap_or_else(|| now.max(current.map_or(0, |c| c + 1)));
     if current.is_some_and(|c| chosen_at <= c) {
         return false;
+    }
+    if choice.status.message_expires_at.is_some_and(|at| at <= now) {
+        choice.status.message = None;
+        choice.status.message_expires_at = None;
     }
     user.choice = Some((choice.status, chosen_at));
     true
 }
 
-/// The precedence of protocol section 6.1: the user-wide choice and the sessions' automatic states.
-fn aggregate(choice: Option<&Status>, autos: &[&Auto]) -> Shown {
+/// The precedence of protocol section 6.1: the user-wide choice and the sessions' automatic states, and the
+/// focus contexts of all sessions.
+fn aggregate(choice: Option<&Status>, sessions: &[&SessionState]) -> Shown {
     let choice = choice.cloned().unwrap_or_default();
+    let focus: Vec<String> = sessions
+        .iter()
+        .filter_map(|s| s.focus.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let shown = |availability, message: Option<String>| Shown {
         availability,
         message,
         activity: choice.activity.clone(),
+        focus: focus.clone(),
     };
-    if choice.availability == Availability::Busy {
-        return shown(Availability::Busy, choice.message.clone());
+    let autos: Vec<&Auto> = sessions.iter().map(|s| &s.auto).collect();
+    if matches!(
+        choice.availability,
+        Availability::Invisible | Availability::Busy
+    ) {
+        return shown(choice.availability, choice.message.clone());
     }
     if let Some(dnd) = autos.iter().find(|a| a.state == AutoState::Dnd) {
         return shown(
@@ -694,6 +975,24 @@ mod tests {
         }
     }
 
+    fn session(auto: Auto) -> SessionState {
+        SessionState {
+            public_id: String::new(),
+            user_id: "u".into(),
+            conn: None,
+            generation: 1,
+            auto,
+            focus: None,
+            watching: HashMap::new(),
+        }
+    }
+
+    fn aggregate_autos(choice: Option<&Status>, autos: &[&Auto]) -> Shown {
+        let sessions: Vec<SessionState> = autos.iter().map(|a| session((*a).clone())).collect();
+        let refs: Vec<&SessionState> = sessions.iter().collect();
+        aggregate(choice, &refs)
+    }
+
     #[test]
     fn aggregation_rules() {
         use AutoState::*;
@@ -707,31 +1006,43 @@ mod tests {
         let a = |s: &Shown| s.availability;
         // An idle plugin and an active phone show online.
         assert_eq!(
-            a(&aggregate(Some(&online), &[&auto(Idle), &auto(Active)])),
+            a(&aggregate_autos(
+                Some(&online),
+                &[&auto(Idle), &auto(Active)]
+            )),
             Availability::Online
         );
         // Busy chosen anywhere shows busy, whatever the sessions do.
         assert_eq!(
-            a(&aggregate(Some(&busy), &[&auto(Idle), &auto(Background)])),
+            a(&aggregate_autos(
+                Some(&busy),
+                &[&auto(Idle), &auto(Background)]
+            )),
             Availability::Busy
         );
         // One session in DND makes the user busy with its message.
-        let shown = aggregate(Some(&online), &[&auto(Active), &dnd]);
+        let shown = aggregate_autos(Some(&online), &[&auto(Active), &dnd]);
         assert_eq!(
             (shown.availability, shown.message.as_deref()),
             (Availability::Busy, Some("quiet"))
         );
         // Away chosen beats activity; every session idle or in the background is away.
         assert_eq!(
-            a(&aggregate(Some(&away), &[&auto(Active)])),
+            a(&aggregate_autos(Some(&away), &[&auto(Active)])),
             Availability::Away
         );
         assert_eq!(
-            a(&aggregate(Some(&online), &[&auto(Idle), &auto(Background)])),
+            a(&aggregate_autos(
+                Some(&online),
+                &[&auto(Idle), &auto(Background)]
+            )),
             Availability::Away
         );
         // No choice at all: online while a session is active.
-        assert_eq!(a(&aggregate(None, &[&auto(Active)])), Availability::Online);
+        assert_eq!(
+            a(&aggregate_autos(None, &[&auto(Active)])),
+            Availability::Online
+        );
     }
 
     #[test]

@@ -26,11 +26,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::response::Response;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Json, Router};
 use presently_core::protocol::{MAX_FRAME_BYTES, SUBPROTOCOL};
 use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
@@ -74,6 +75,8 @@ pub struct ServerConfig {
     pub status_burst: u32,
     /// Status updates per second one connection may sustain. Default 5.
     pub status_per_second: f64,
+    /// The bearer token of the admin API (`/v1/admin/...`); `None` turns the admin API off. Default `None`.
+    pub admin_token: Option<String>,
 }
 
 impl ServerConfig {
@@ -93,6 +96,7 @@ impl ServerConfig {
             ping_interval: Some(Duration::from_secs(15)),
             status_burst: 10,
             status_per_second: 5.0,
+            admin_token: None,
         }
     }
 
@@ -198,6 +202,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let app = Router::new()
         .route(WS_PATH, get(upgrade))
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/v1/admin/users/{user}/contacts",
+            get(get_contacts).put(put_contacts),
+        )
         .with_state(ctx.clone());
     let stop = {
         let (drain, kill) = (ctx.drain.clone(), ctx.kill.clone());
@@ -233,7 +241,104 @@ async fn upgrade(State(ctx): State<Arc<Context>>, ws: WebSocketUpgrade) -> Respo
         })
 }
 
+/// The body of `PUT /v1/admin/users/{user}/contacts`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ContactList {
+    /// The user ids that may see the user under `contacts` visibility.
+    pub contacts: Vec<String>,
+}
+
+/// Checks the admin bearer token: 404 when the admin API is off, 401 when the token is wrong.
+fn admin(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = ctx.config.admin_token.as_deref() else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "the admin API is off (no admin token configured)",
+        )
+            .into_response());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare without leaking the length of a matching prefix through timing.
+    let matches = given.is_some_and(|g| {
+        g.len() == expected.len()
+            && g.bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err((
+            StatusCode::UNAUTHORIZED,
+            "a valid admin bearer token is required",
+        )
+            .into_response())
+    }
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, message).into_response()
+}
+
+fn check_users(users: &[String], limit: usize) -> Result<(), Response> {
+    if users.len() > limit {
+        return Err(bad_request(format!("at most {limit} users")));
+    }
+    users
+        .iter()
+        .try_for_each(|u| presently_core::protocol::validate_user_id(u))
+        .map_err(|e| bad_request(e.to_string()))
+}
+
+async fn get_contacts(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Response {
+    if let Err(response) = admin(&ctx, &headers) {
+        return response;
+    }
+    Json(ContactList {
+        contacts: ctx.hub.contacts(&user),
+    })
+    .into_response()
+}
+
+async fn put_contacts(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    Json(list): Json<ContactList>,
+) -> Response {
+    if let Err(response) = admin(&ctx, &headers) {
+        return response;
+    }
+    if let Err(response) = check_users(std::slice::from_ref(&user), 1)
+        .and_then(|()| check_users(&list.contacts, presently_core::protocol::MAX_CONTACTS))
+    {
+        return response;
+    }
+    ctx.hub
+        .set_contacts(&user, list.contacts.into_iter().collect());
+    StatusCode::NO_CONTENT.into_response()
+}
+
 impl RunningServer {
+    /// Replaces a user's contact list (as `PUT /v1/admin/users/{user}/contacts` does).
+    pub fn set_contacts<I, S>(&self, user_id: &str, contacts: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.ctx
+            .hub
+            .set_contacts(user_id, contacts.into_iter().map(Into::into).collect());
+    }
+
     /// The address the server listens on (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

@@ -39,6 +39,12 @@ struct ServeArgs {
     /// How long a silent session lives, in milliseconds (at least twice the heartbeat interval).
     #[arg(long, default_value_t = 45_000)]
     session_ttl_ms: u64,
+    /// How long a dropped session is kept for a resume, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    resume_grace_ms: u64,
+    /// Bearer token of the admin API (contacts, channels); without it the admin API is off.
+    #[arg(long, env = "PRESENTLY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -97,10 +103,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
-    let config = ServerConfig::new(args.listen, secret.into_bytes()).with_heartbeat(
+    let mut config = ServerConfig::new(args.listen, secret.into_bytes()).with_heartbeat(
         Duration::from_millis(args.heartbeat_interval_ms),
         Duration::from_millis(args.session_ttl_ms),
     );
+    config.resume_grace = Duration::from_millis(args.resume_grace_ms);
+    config.admin_token = args.admin_token;
     let server = match start(config).await {
         Ok(server) => server,
         Err(e) => {

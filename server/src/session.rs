@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Context;
 use crate::auth::AuthError;
-use crate::hub::{Attached, Conn, Outbound, SessionControl, unix_millis};
+use crate::hub::{Attached, Conn, Intro, Outbound, SessionControl, unix_millis};
 
 /// WebSocket close codes used by the server (protocol sections 6 and 7).
 mod close_code {
@@ -118,6 +118,7 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
         status,
         auto,
         resume,
+        focus,
     } = hello;
     let user_id = match ctx.auth.verify(&token) {
         Ok(user_id) => user_id,
@@ -172,6 +173,18 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
         .encode()
         .into()
     };
+    let focus = focus.filter(|f| match protocol::validate_focus(f) {
+        Ok(()) => true,
+        Err(e) => {
+            status_error = Some(e.to_string());
+            false
+        }
+    });
+    let intro = Intro {
+        choice: status,
+        auto,
+        focus,
+    };
     let resumed = resume.and_then(
         |Resume {
              session_id,
@@ -181,8 +194,7 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
                 &user_id,
                 &session_id,
                 last_version,
-                status.clone(),
-                auto.clone(),
+                intro.clone(),
                 conn.clone(),
                 &welcome,
             )
@@ -193,14 +205,16 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
         (printable(&client.version), printable(&client.platform));
     let attached = match resumed {
         Some(attached) => attached,
-        None => ctx.hub.join(&user_id, status, auto, conn.clone(), &welcome),
+        None => ctx.hub.join(&user_id, intro, conn.clone(), &welcome),
     };
     tracing::info!(
         %user_id, session_id = %attached.public_id, resumed = attached.resumed, client = %client_name,
         version = %client_version, platform = %client_platform, "session attached"
     );
+    schedule_message_expiry(&ctx, &user_id);
     let mut connection = Connection {
         ctx: ctx.clone(),
+        user_id: user_id.clone(),
         session: attached.key,
         conn,
         limiter: RateLimiter::new(ctx.config.status_burst, ctx.config.status_per_second),
@@ -264,6 +278,7 @@ struct Hello {
     status: Option<Choice>,
     auto: Option<Auto>,
     resume: Option<Resume>,
+    focus: Option<String>,
 }
 
 /// Reads the first frame as a `hello` (protocol section 4). A hello whose only fault is its `status` or `auto`
@@ -301,6 +316,7 @@ fn read_hello(text: &str) -> Result<(Hello, Option<String>), (ErrorCode, String)
             if let Some(object) = bare.as_object_mut() {
                 object.remove("status");
                 object.remove("auto");
+                object.remove("focus");
             }
             let message = decode(bare).map_err(invalid)?;
             (
@@ -316,6 +332,7 @@ fn read_hello(text: &str) -> Result<(Hello, Option<String>), (ErrorCode, String)
             status,
             auto,
             resume,
+            focus,
             ..
         } => Ok((
             Hello {
@@ -324,6 +341,7 @@ fn read_hello(text: &str) -> Result<(Hello, Option<String>), (ErrorCode, String)
                 status,
                 auto,
                 resume,
+                focus,
             },
             status_error,
         )),
@@ -337,6 +355,22 @@ fn read_hello(text: &str) -> Result<(Hello, Option<String>), (ErrorCode, String)
 /// A client-supplied string made safe for one log line: at most 64 characters, control characters escaped.
 fn printable(s: &str) -> String {
     s.chars().take(64).flat_map(char::escape_debug).collect()
+}
+
+/// If the user's choice has a message that expires, clears it at that instant (one timer per choice; a timer for
+/// a choice that has since changed does nothing).
+fn schedule_message_expiry(ctx: &Arc<Context>, user_id: &str) {
+    let Some((chosen_at, expires_at)) = ctx.hub.message_expiry(user_id) else {
+        return;
+    };
+    let wait = Duration::from_millis(expires_at.saturating_sub(unix_millis()));
+    let (ctx, user_id) = (ctx.clone(), user_id.to_owned());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => ctx.hub.expire_message(&user_id, chosen_at),
+            _ = ctx.kill.cancelled() => {}
+        }
+    });
 }
 
 fn validate_choice(mut choice: Choice) -> Result<Choice, ValidationError> {
@@ -476,6 +510,7 @@ async fn tick(interval: Option<&mut tokio::time::Interval>) {
 
 struct Connection {
     ctx: Arc<Context>,
+    user_id: String,
     session: u64,
     conn: Conn,
     limiter: RateLimiter,
@@ -599,7 +634,11 @@ impl Connection {
             ClientMessage::SetStatus { reference, choice } => match validate_choice(choice) {
                 Ok(choice) => {
                     if self.allow_update(reference) {
+                        let expires = choice.status.message_expires_at.is_some();
                         self.ctx.hub.set_choice(self.session, choice);
+                        if expires {
+                            schedule_message_expiry(&self.ctx, &self.user_id);
+                        }
                     }
                 }
                 Err(e) => self.error(ErrorCode::InvalidStatus, e.to_string(), reference),
@@ -612,6 +651,21 @@ impl Connection {
                 }
                 Err(e) => self.error(ErrorCode::InvalidStatus, e.to_string(), reference),
             },
+            ClientMessage::SetFocus { reference, context } => {
+                match context.as_deref().map(protocol::validate_focus).transpose() {
+                    Ok(_) => {
+                        if self.allow_update(reference) {
+                            self.ctx.hub.set_focus(self.session, context);
+                        }
+                    }
+                    Err(e) => self.error(ErrorCode::InvalidMessage, e.to_string(), reference),
+                }
+            }
+            ClientMessage::SetPrivacy { reference, privacy } => {
+                if self.allow_update(reference) {
+                    self.ctx.hub.set_privacy(self.session, privacy);
+                }
+            }
             ClientMessage::Subscribe { users } => {
                 if let Err(e) = protocol::validate_user_list(&users) {
                     self.list_error(e, None);
@@ -640,7 +694,7 @@ impl Connection {
                 } else if let Err(e) = protocol::validate_user_list(&users) {
                     self.list_error(e, Some(reference));
                 } else {
-                    let users = self.ctx.hub.query(&users);
+                    let users = self.ctx.hub.query(self.session, &users);
                     let limit = self.ctx.config.max_frame_bytes;
                     for part in protocol::split_records(users, limit, |users, more| {
                         ServerMessage::QueryResult {

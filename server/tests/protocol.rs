@@ -44,6 +44,8 @@ struct Raw {
     choices: Vec<Value>,
     /// WebSocket pings received.
     pings: u32,
+    /// `privacy` frames, set aside by `recv`.
+    privacy: Vec<Value>,
 }
 
 impl Raw {
@@ -62,6 +64,7 @@ impl Raw {
             subprotocol,
             choices: Vec::new(),
             pings: 0,
+            privacy: Vec::new(),
         }
     }
 
@@ -76,15 +79,15 @@ impl Raw {
         self.ws.send(Message::text(text)).await.unwrap();
     }
 
-    /// The next JSON frame (control frames and `choice` frames set aside).
+    /// The next JSON frame (control frames, `choice` and `privacy` frames set aside).
     async fn recv(&mut self) -> Value {
         loop {
             let frame = self.recv_any().await;
-            if frame["type"] == "choice" {
-                self.choices.push(frame);
-                continue;
+            match frame["type"].as_str() {
+                Some("choice") => self.choices.push(frame),
+                Some("privacy") => self.privacy.push(frame),
+                _ => return frame,
             }
-            return frame;
         }
     }
 
