@@ -136,6 +136,7 @@ fn describe(p: &Presence) -> String {
         availability: p.availability,
         message: p.message.clone(),
         activity: p.activity.clone(),
+        message_expires_at: None,
     })
 }
 
@@ -158,7 +159,7 @@ fn dot(a: Availability) -> &'static str {
         Availability::Online => "●",
         Availability::Away => "◐",
         Availability::Busy => "⊘",
-        Availability::Offline => "○",
+        Availability::Offline | Availability::Invisible => "○",
     }
 }
 

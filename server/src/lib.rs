@@ -249,13 +249,15 @@ pub struct ContactList {
 }
 
 /// Checks the admin bearer token: 404 when the admin API is off, 401 when the token is wrong.
-fn admin(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
+/// An admin API refusal: status and explanation.
+type Refusal = (StatusCode, String);
+
+fn admin(ctx: &Context, headers: &HeaderMap) -> Result<(), Refusal> {
     let Some(expected) = ctx.config.admin_token.as_deref() else {
         return Err((
             StatusCode::NOT_FOUND,
-            "the admin API is off (no admin token configured)",
-        )
-            .into_response());
+            "the admin API is off (no admin token configured)".into(),
+        ));
     };
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -274,17 +276,16 @@ fn admin(ctx: &Context, headers: &HeaderMap) -> Result<(), Response> {
     } else {
         Err((
             StatusCode::UNAUTHORIZED,
-            "a valid admin bearer token is required",
-        )
-            .into_response())
+            "a valid admin bearer token is required".into(),
+        ))
     }
 }
 
-fn bad_request(message: String) -> Response {
-    (StatusCode::BAD_REQUEST, message).into_response()
+fn bad_request(message: String) -> Refusal {
+    (StatusCode::BAD_REQUEST, message)
 }
 
-fn check_users(users: &[String], limit: usize) -> Result<(), Response> {
+fn check_users(users: &[String], limit: usize) -> Result<(), Refusal> {
     if users.len() > limit {
         return Err(bad_request(format!("at most {limit} users")));
     }
@@ -299,8 +300,8 @@ async fn get_contacts(
     headers: HeaderMap,
     Path(user): Path<String>,
 ) -> Response {
-    if let Err(response) = admin(&ctx, &headers) {
-        return response;
+    if let Err(refusal) = admin(&ctx, &headers) {
+        return refusal.into_response();
     }
     Json(ContactList {
         contacts: ctx.hub.contacts(&user),
@@ -314,13 +315,13 @@ async fn put_contacts(
     Path(user): Path<String>,
     Json(list): Json<ContactList>,
 ) -> Response {
-    if let Err(response) = admin(&ctx, &headers) {
-        return response;
+    if let Err(refusal) = admin(&ctx, &headers) {
+        return refusal.into_response();
     }
-    if let Err(response) = check_users(std::slice::from_ref(&user), 1)
+    if let Err(refusal) = check_users(std::slice::from_ref(&user), 1)
         .and_then(|()| check_users(&list.contacts, presently_core::protocol::MAX_CONTACTS))
     {
-        return response;
+        return refusal.into_response();
     }
     ctx.hub
         .set_contacts(&user, list.contacts.into_iter().collect());
