@@ -49,7 +49,7 @@ pub use presently_core;
 pub use presently_core::protocol::{self, ValidationError};
 pub use presently_core::{
     Activity, AutomationConfig, Availability, ClientConfig, ClientInfo, ConnectionState, DaySet,
-        DndSchedule, DndSource, DndState, DndWindow, ErrorCode, Event, LocalTime, Presence, Privacy,
+    DndSchedule, DndSource, DndState, DndWindow, ErrorCode, Event, LocalTime, Presence, Privacy,
     QueryError, QueryId, ReconnectPolicy, ScheduleError, ServerInfo, SessionInfo, Stats, Status,
     StatusReason, Visibility,
 };
@@ -632,17 +632,20 @@ impl Client {
         self.shared().lock().core.status_reason()
     }
 
-        /// Publishes what this device is looking at (e.g. `"conversation:42"`), or `None`; watchers see it in
+    /// Publishes what this device is looking at (e.g. `"conversation:42"`), or `None`; watchers see it in
     /// [`Presence::focus`] and can tell "online and in our conversation" from "online". Kept across reconnects.
     pub fn set_focus(&self, context: Option<String>) -> Result<(), Error> {
-        Ok(self.shared().with_core(|core, now| core.set_focus(context, now))?)
+        Ok(self
+            .shared()
+            .with_core(|core, now| core.set_focus(context, now))?)
     }
 
     /// Asks the server to apply these privacy settings (who may see you, whether to hide your last seen).
     /// To appear offline while still seeing others, choose [`Availability::Invisible`] with
     /// [`Client::set_status`].
     pub fn set_privacy(&self, privacy: Privacy) {
-        self.shared().with_core(|core, now| core.set_privacy(privacy, now));
+        self.shared()
+            .with_core(|core, now| core.set_privacy(privacy, now));
     }
 
     /// The privacy settings in force, once the server has reported them.
