@@ -89,8 +89,17 @@ async fn serves_a_session_and_drains_with_goaway_on_ctrl_c() {
         .status()
         .unwrap();
     assert!(status.success());
-    let goaway: Value =
-        serde_json::from_str(ws.next().await.unwrap().unwrap().to_text().unwrap()).unwrap();
+    // Other frames (the privacy settings in force) may come first.
+    let goaway = loop {
+        let message = ws.next().await.unwrap().unwrap();
+        let Ok(text) = message.to_text() else {
+            continue;
+        };
+        let frame: Value = serde_json::from_str(text).unwrap();
+        if frame["type"] == "goaway" {
+            break frame;
+        }
+    };
     assert_eq!(goaway["type"], "goaway");
     let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
