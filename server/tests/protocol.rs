@@ -854,3 +854,253 @@ async fn big_snapshots_and_query_results_are_split_to_fit_the_frame_limit() {
     }
     assert_eq!(records, 1_000);
 }
+
+fn admin_config() -> ServerConfig {
+    let mut c = config();
+    c.admin_token = Some("admin-secret".into());
+    c
+}
+
+/// A session of `user` that watches `users`; returns it with the snapshot's records.
+async fn watching(server: &RunningServer, user: &str, users: &[&str]) -> (Raw, Vec<Value>) {
+    let mut raw = Raw::session(server, user).await;
+    let snapshot = raw.subscribe(users).await;
+    let records = snapshot["users"].as_array().unwrap().clone();
+    (raw, records)
+}
+
+fn hidden(record: &Value) -> bool {
+    record["availability"] == "offline"
+        && record["message"].is_null()
+        && record["activity"].is_null()
+        && record["last_active_at"].is_null()
+        && record["since"].is_null()
+        && record.get("focus").is_none()
+}
+
+#[tokio::test]
+async fn contacts_only_visibility_is_enforced_on_every_path() {
+    let server = server_with(admin_config()).await;
+    server.set_contacts("bob", ["friend"]);
+    let mut bob = Raw::connect(&server).await;
+    bob.hello(
+        "bob",
+        Some(json!({"availability": "busy", "message": "secret plans"})),
+    )
+    .await;
+    bob.send(json!({"type": "set_privacy", "visibility": "contacts"}))
+        .await;
+    bob.send(json!({"type": "set_focus", "context": "conversation:7"}))
+        .await;
+    bob.send(json!({"type": "ping", "ref": "sync"})).await;
+    assert_eq!(bob.recv().await["ref"], "sync");
+    assert_eq!(
+        bob.privacy.last().unwrap()["visibility"],
+        "contacts",
+        "bob is told the settings in force"
+    );
+
+    let (mut friend, friend_view) = watching(&server, "friend", &["bob"]).await;
+    let (mut stranger, stranger_view) = watching(&server, "stranger", &["bob"]).await;
+    // Snapshots.
+    assert_eq!(friend_view[0]["availability"], "busy");
+    assert_eq!(friend_view[0]["focus"], json!(["conversation:7"]));
+    assert!(hidden(&stranger_view[0]), "{}", stranger_view[0]);
+    // Queries.
+    stranger
+        .send(json!({"type": "query", "ref": "q", "users": ["bob"]}))
+        .await;
+    assert!(hidden(&stranger.recv().await["users"][0]));
+    // Updates: the friend sees the change, the stranger gets no frame at all.
+    bob.send(json!({"type": "set_status", "availability": "away", "message": "more secrets"}))
+        .await;
+    assert_eq!(friend.update().await["message"], "more secrets");
+    nothing_changed(&mut stranger, "no leak").await;
+    // Becoming a contact reveals; losing it hides again (with a newer version each time).
+    server.set_contacts("bob", ["friend", "stranger"]);
+    let revealed = stranger.update().await;
+    assert_eq!(revealed["message"], "more secrets");
+    server.set_contacts("bob", ["friend"]);
+    let hidden_again = stranger.update().await;
+    assert!(hidden(&hidden_again), "{hidden_again}");
+    assert!(hidden_again["version"].as_u64() > revealed["version"].as_u64());
+    nothing_changed(&mut friend, "the friend's view did not change").await;
+}
+
+#[tokio::test]
+async fn nobody_visibility_and_a_resumed_session_leak_nothing_either() {
+    let mut c = admin_config();
+    c.resume_grace = Duration::from_secs(10);
+    let server = server_with(c).await;
+    let mut bob = Raw::session(&server, "bob").await;
+    bob.send(json!({"type": "set_privacy", "visibility": "nobody"}))
+        .await;
+    let (stranger, view) = watching(&server, "stranger", &["bob"]).await;
+    assert!(hidden(&view[0]));
+    drop(stranger);
+    // A watcher that drops and resumes from version 0 must not learn anything from the resume snapshot.
+    let mut watcher = Raw::connect(&server).await;
+    let welcome = watcher.hello("watcher", None).await;
+    let id = welcome["session_id"].as_str().unwrap().to_owned();
+    watcher.subscribe(&["bob"]).await;
+    bob.send(json!({"type": "set_status", "availability": "busy", "message": "hidden"}))
+        .await;
+    nothing_changed(&mut watcher, "nobody sees bob").await;
+    drop(watcher);
+    let mut again = Raw::connect(&server).await;
+    assert_eq!(again.hello_resume("watcher", &id, 0).await["resumed"], true);
+    let snapshot = again.recv().await;
+    assert_eq!(snapshot["type"], "snapshot");
+    for record in snapshot["users"].as_array().unwrap() {
+        assert!(hidden(record), "{record}");
+    }
+}
+
+#[tokio::test]
+async fn invisible_users_appear_offline_but_still_see_others() {
+    let server = server().await;
+    let (mut watcher, _) = watching(&server, "watcher", &["bob"]).await;
+    let (mut bob, _) = watching(&server, "bob", &["carol"]).await;
+    assert_eq!(watcher.update().await["availability"], "online");
+    bob.send(json!({"type": "set_status", "availability": "invisible", "message": "shh"}))
+        .await;
+    let gone = watcher.update().await;
+    assert_eq!(gone["availability"], "offline");
+    assert!(gone["message"].is_null() && gone["since"].is_u64() && gone["last_active_at"].is_u64());
+    // Real changes while invisible produce nothing for watchers.
+    bob.send(json!({"type": "set_focus", "context": "conversation:9"}))
+        .await;
+    bob.send(json!({"type": "set_status", "availability": "invisible", "message": "still shh"}))
+        .await;
+    nothing_changed(&mut watcher, "invisible").await;
+    // Bob still sees carol.
+    let mut carol = Raw::session(&server, "carol").await;
+    assert_eq!(bob.update().await["availability"], "online");
+    carol
+        .send(json!({"type": "set_status", "availability": "busy"}))
+        .await;
+    assert_eq!(bob.update().await["availability"], "busy");
+    // Leaving while invisible moves nothing: he was already offline.
+    bob.send(json!({"type": "bye"})).await;
+    nothing_changed(&mut watcher, "left while invisible").await;
+}
+
+#[tokio::test]
+async fn hidden_last_seen_is_null_for_everyone_but_the_user() {
+    let server = server().await;
+    let mut bob = Raw::session(&server, "bob").await;
+    bob.send(json!({"type": "set_privacy", "visibility": "everyone", "hide_last_seen": true}))
+        .await;
+    let (_watcher, view) = watching(&server, "watcher", &["bob"]).await;
+    assert_eq!(view[0]["availability"], "online");
+    assert!(view[0]["last_active_at"].is_null());
+    let own = bob.subscribe(&["bob"]).await;
+    assert!(
+        own["users"][0]["last_active_at"].is_u64(),
+        "the user sees their own"
+    );
+}
+
+#[tokio::test]
+async fn focus_contexts_of_all_devices_are_visible() {
+    let server = server().await;
+    let (mut watcher, _) = watching(&server, "watcher", &["bob"]).await;
+    let mut phone = Raw::session(&server, "bob").await;
+    let _ = watcher.update().await;
+    let mut laptop = Raw::session(&server, "bob").await;
+    phone
+        .send(json!({"type": "set_focus", "context": "conversation:42"}))
+        .await;
+    assert_eq!(watcher.update().await["focus"], json!(["conversation:42"]));
+    laptop
+        .send(json!({"type": "set_focus", "context": "channel:general"}))
+        .await;
+    assert_eq!(
+        watcher.update().await["focus"],
+        json!(["channel:general", "conversation:42"])
+    );
+    phone
+        .send(json!({"type": "set_focus", "context": null}))
+        .await;
+    assert_eq!(watcher.update().await["focus"], json!(["channel:general"]));
+    laptop
+        .send(json!({"type": "set_focus", "context": ""}))
+        .await;
+    assert_eq!(laptop.recv().await["code"], "invalid_message");
+}
+
+#[tokio::test]
+async fn a_message_with_an_expiry_clears_itself_on_time() {
+    let server = server().await;
+    let (mut watcher, _) = watching(&server, "watcher", &["bob"]).await;
+    let mut bob = Raw::session(&server, "bob").await;
+    let _ = watcher.update().await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    bob.send(json!({"type": "set_status", "availability": "busy", "message": "back in 5", "message_expires_at": now_ms + 400})).await;
+    assert_eq!(watcher.update().await["message"], "back in 5");
+    let cleared = watcher.update().await;
+    assert!(cleared["message"].is_null(), "{cleared}");
+    assert_eq!(cleared["availability"], "busy", "only the message goes");
+    let waited = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(waited >= now_ms + 400, "not before its time");
+    bob.send(json!({"type": "ping", "ref": "x"})).await;
+    assert_eq!(bob.recv().await["ref"], "x");
+    assert!(
+        bob.choices.last().unwrap()["status"]
+            .get("message")
+            .is_none(),
+        "devices are told: {:?}",
+        bob.choices
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_its_token() {
+    let server = server_with(admin_config()).await;
+    let put = |token: Option<&str>| {
+        let mut request = String::from(
+            "PUT /v1/admin/users/bob/contacts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 24\r\nConnection: close\r\n",
+        );
+        if let Some(t) = token {
+            request.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        request.push_str("\r\n{\"contacts\":[\"alice\"]}\r\n");
+        request
+    };
+    async fn send(addr: std::net::SocketAddr, request: String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+    let addr = server.local_addr();
+    assert!(send(addr, put(None)).await.starts_with("HTTP/1.1 401"));
+    assert!(
+        send(addr, put(Some("wrong")))
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    assert!(
+        send(addr, put(Some("admin-secret")))
+            .await
+            .starts_with("HTTP/1.1 204")
+    );
+    let get = "GET /v1/admin/users/bob/contacts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-secret\r\nConnection: close\r\n\r\n";
+    let response = send(addr, get.to_owned()).await;
+    assert!(response.contains(r#"{"contacts":["alice"]}"#), "{response}");
+    // Off without a token configured.
+    let plain = server_with(config()).await;
+    assert!(
+        send(plain.local_addr(), put(Some("admin-secret")))
+            .await
+            .starts_with("HTTP/1.1 404")
+    );
+}
