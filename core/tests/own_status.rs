@@ -654,3 +654,80 @@ fn settings_can_change_at_run_time() {
     h.drain();
     assert_eq!(own_changes(&h).last().unwrap().0, Availability::Online);
 }
+
+#[test]
+fn invisible_beats_every_automation() {
+    let mut h = connected_with(automation(Some(5), None), WED_NOON_UTC);
+    h.client
+        .set_status(Status::new(Availability::Invisible), h.now)
+        .unwrap();
+    h.client
+        .snooze_dnd(h.now + Duration::from_millis(HOUR), None, h.now)
+        .unwrap();
+    forget(&mut h);
+    live(&mut h, 10 * MINUTE);
+    assert!(
+        own_changes(&h).is_empty(),
+        "neither idle nor DND shows through"
+    );
+    assert_eq!(
+        h.client.effective_status().availability,
+        Availability::Invisible
+    );
+}
+
+#[test]
+fn a_message_with_an_expiry_clears_itself_exactly_then() {
+    let mut h = connected_with(automation(None, None), WED_NOON_UTC);
+    h.client
+        .set_status(
+            Status::new(Availability::Busy)
+                .with_message_until("back at 12:30", WED_NOON_UTC + 30 * MINUTE),
+            h.now,
+        )
+        .unwrap();
+    forget(&mut h);
+    live(&mut h, 30 * MINUTE - 1);
+    assert!(own_changes(&h).is_empty());
+    live(&mut h, 1);
+    assert_eq!(
+        own_changes(&h),
+        [(Availability::Busy, None, StatusReason::Manual)]
+    );
+    assert!(
+        h.sent_types().iter().all(|t| t == "ping"),
+        "the server clears it too; nothing is sent"
+    );
+}
+
+#[test]
+fn focus_and_privacy_survive_reconnects() {
+    let mut h = connected_with(automation(None, None), WED_NOON_UTC);
+    h.client
+        .set_focus(Some("conversation:42".into()), h.now)
+        .unwrap();
+    assert!(h.client.set_focus(Some(String::new()), h.now).is_err());
+    h.drain();
+    assert_eq!(h.sent.last().unwrap()["type"], "set_focus");
+    h.client.handle_transport_closed("drop", h.now);
+    h.client.set_privacy(
+        presently_core::Privacy {
+            visibility: presently_core::Visibility::Contacts,
+            hide_last_seen: true,
+        },
+        h.now,
+    );
+    forget(&mut h);
+    h.reconnect();
+    assert_eq!(
+        h.sent[0]["focus"], "conversation:42",
+        "hello carries the focus"
+    );
+    assert!(
+        h.sent
+            .iter()
+            .any(|f| f["type"] == "set_privacy" && f["visibility"] == "contacts"),
+        "privacy asked for while offline is sent after welcome: {:?}",
+        h.sent
+    );
+}
