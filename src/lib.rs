@@ -665,6 +665,38 @@ impl Client {
             .with_core(|core, now| core.subscribe(users, now))?)
     }
 
+    /// Watches the members of channels (rooms) as they come and go; kept across reconnects. Membership arrives
+    /// as [`Event::ChannelMembersChanged`], members' presence in [`Client::roster`] and
+    /// [`Event::PresenceChanged`]. The server accepts only channels the user belongs to.
+    pub fn subscribe_channels<I, S>(&self, channels: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Ok(self
+            .shared()
+            .with_core(|core, now| core.subscribe_channels(channels, now))?)
+    }
+
+    /// Stops watching channels.
+    pub fn unsubscribe_channels<I, S>(&self, channels: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.shared()
+            .with_core(|core, now| core.unsubscribe_channels(channels, now));
+    }
+
+    /// The known members of a subscribed channel, sorted.
+    pub fn channel_members(&self, channel: &str) -> Option<Vec<String>> {
+        self.shared()
+            .lock()
+            .core
+            .channel_members(channel)
+            .map(|m| m.iter().cloned().collect())
+    }
+
     /// Stops watching users.
     pub fn unsubscribe<I, S>(&self, users: I)
     where

@@ -201,3 +201,32 @@ async fn a_provider_that_keeps_handing_out_expired_tokens_fails_without_a_storm(
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh, then stop");
     assert!(matches!(alice.state(), ConnectionState::Failed { .. }));
 }
+
+#[tokio::test]
+async fn a_channel_shows_its_members_as_they_come_and_go() {
+    let server = start_server().await;
+    server.set_channel_members("studio-a", ["alice", "bob"]);
+    let alice = connected_client(&server, "alice").await;
+    alice.subscribe_channels(["studio-a"]).unwrap();
+    until(&alice, "the channel's members", |c| {
+        c.channel_members("studio-a") == Some(vec!["alice".into(), "bob".into()])
+    })
+    .await;
+    let bob = connected_client(&server, "bob").await;
+    until(&alice, "bob online", |c| {
+        availability(c, "bob") == Some(Availability::Online)
+    })
+    .await;
+    let _ = bob;
+    server.set_channel_members("studio-a", ["alice", "carol"]);
+    until(&alice, "the new membership", |c| {
+        c.channel_members("studio-a") == Some(vec!["alice".into(), "carol".into()])
+    })
+    .await;
+    assert_eq!(
+        availability(&alice, "bob"),
+        None,
+        "bob left the channel and is no longer watched"
+    );
+    assert_eq!(availability(&alice, "carol"), Some(Availability::Offline));
+}

@@ -256,6 +256,16 @@ pub enum Event {
     },
     /// Activity arrived after an [`Event::IdleWarning`]: the switch to away is off.
     IdleWarningCancelled,
+    /// A subscribed channel's membership became known or changed. Members' presence arrives as
+    /// [`Event::PresenceChanged`].
+    ChannelMembersChanged {
+        /// The channel.
+        channel: String,
+        /// Who joined (everyone, for the first snapshot).
+        joined: Vec<String>,
+        /// Who left.
+        left: Vec<String>,
+    },
     /// Emitted by drivers, never by the core: a slow reader of an event stream missed this many events. The
     /// roster ([`Client::roster`]) is still complete.
     Lagged {
@@ -387,6 +397,14 @@ pub struct Client {
     privacy: Option<Privacy>,
     /// When the chosen message clears itself, on the driver's clock.
     message_expiry: Option<Instant>,
+    /// Channels the application subscribed to.
+    channel_subscriptions: BTreeSet<String>,
+    /// The channels the server has on this session (what was sent).
+    server_channels: BTreeSet<String>,
+    /// Known members of subscribed channels.
+    channel_members: BTreeMap<String, BTreeSet<String>>,
+    /// Channels whose snapshot is arriving in parts: the members known before it, and those received so far.
+    channel_parts: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
     subscriptions: BTreeSet<String>,
     roster: BTreeMap<String, RosterEntry>,
     /// Queries awaiting their answer, by `ref`, with the parts received so far.
@@ -443,6 +461,10 @@ impl Client {
             privacy_pending: None,
             privacy: None,
             message_expiry: None,
+            channel_subscriptions: BTreeSet::new(),
+            server_channels: BTreeSet::new(),
+            channel_members: BTreeMap::new(),
+            channel_parts: BTreeMap::new(),
             subscriptions: BTreeSet::new(),
             roster: BTreeMap::new(),
             pending_queries: BTreeMap::new(),
@@ -846,7 +868,9 @@ impl Client {
         let mut removed = Vec::new();
         for user in users {
             if let Some(user) = self.subscriptions.take(user.as_ref()) {
-                self.roster.remove(&user);
+                if !self.watches(&user) {
+                    self.roster.remove(&user);
+                }
                 removed.push(user);
             }
         }
@@ -858,9 +882,158 @@ impl Client {
         }
     }
 
-    /// The users being watched.
+    /// The users being watched directly.
     pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
         self.subscriptions.iter().map(String::as_str)
+    }
+
+    /// Watches the members of channels (rooms) as they come and go. Kept across reconnects. The server only
+    /// accepts channels the user belongs to (others are refused with `not_a_member`).
+    pub fn subscribe_channels<I, S>(
+        &mut self,
+        channels: I,
+        now: Instant,
+    ) -> Result<(), ValidationError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut new = Vec::new();
+        for channel in channels {
+            let channel = channel.into();
+            protocol::validate_user_id(&channel)?;
+            if !self.channel_subscriptions.contains(&channel) && !new.contains(&channel) {
+                new.push(channel);
+            }
+        }
+        let count = self.channel_subscriptions.len() + new.len();
+        if count > protocol::MAX_CHANNELS_PER_SESSION {
+            return Err(ValidationError::TooManySubscriptions { count });
+        }
+        self.channel_subscriptions.extend(new.iter().cloned());
+        if self.link == Link::Connected && !new.is_empty() {
+            self.server_channels.extend(new.iter().cloned());
+            self.send(ClientMessage::SubscribeChannels { channels: new }, now);
+        }
+        Ok(())
+    }
+
+    /// Stops watching channels; their members stay in the roster only if watched otherwise.
+    pub fn unsubscribe_channels<I, S>(&mut self, channels: I, now: Instant)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut removed = Vec::new();
+        for channel in channels {
+            if let Some(channel) = self.channel_subscriptions.take(channel.as_ref()) {
+                let members = self.channel_members.remove(&channel).unwrap_or_default();
+                self.channel_parts.remove(&channel);
+                self.forget_unwatched(members);
+                removed.push(channel);
+            }
+        }
+        if self.link == Link::Connected && !removed.is_empty() {
+            for channel in &removed {
+                self.server_channels.remove(channel);
+            }
+            self.send(
+                ClientMessage::UnsubscribeChannels { channels: removed },
+                now,
+            );
+        }
+    }
+
+    /// The channels being watched.
+    pub fn channel_subscriptions(&self) -> impl Iterator<Item = &str> {
+        self.channel_subscriptions.iter().map(String::as_str)
+    }
+
+    /// The known members of a subscribed channel.
+    pub fn channel_members(&self, channel: &str) -> Option<&BTreeSet<String>> {
+        self.channel_members.get(channel)
+    }
+
+    /// Whether `user` is watched, directly or through a subscribed channel.
+    fn watches(&self, user: &str) -> bool {
+        self.subscriptions.contains(user) || self.channel_members.values().any(|m| m.contains(user))
+    }
+
+    /// Drops from the roster the users no longer watched for any reason.
+    fn forget_unwatched(&mut self, users: impl IntoIterator<Item = String>) {
+        for user in users {
+            if !self.watches(&user) {
+                self.roster.remove(&user);
+            }
+        }
+    }
+
+    fn channel_snapshot(&mut self, channel: String, members: Vec<Presence>, more: bool) {
+        if !self.channel_subscriptions.contains(&channel) {
+            self.stats.unexpected_messages += 1;
+            return;
+        }
+        if !self.channel_parts.contains_key(&channel) {
+            let before = self
+                .channel_members
+                .get(&channel)
+                .cloned()
+                .unwrap_or_default();
+            self.channel_parts
+                .insert(channel.clone(), (before, BTreeSet::new()));
+        }
+        let Some((before, received)) = self.channel_parts.get_mut(&channel) else {
+            return;
+        };
+        received.extend(members.iter().map(|m| m.user_id.clone()));
+        if more {
+            // Watch this part's members already, so that their records are kept.
+            let watched: BTreeSet<String> = before.union(received).cloned().collect();
+            self.channel_members.insert(channel.clone(), watched);
+        } else {
+            let (before, complete) = self.channel_parts.remove(&channel).unwrap_or_default();
+            self.channel_members
+                .insert(channel.clone(), complete.clone());
+            let joined: Vec<String> = complete.difference(&before).cloned().collect();
+            let left: Vec<String> = before.difference(&complete).cloned().collect();
+            self.forget_unwatched(left.clone());
+            if !joined.is_empty() || !left.is_empty() {
+                self.events.push_back(Event::ChannelMembersChanged {
+                    channel,
+                    joined,
+                    left,
+                });
+            }
+        }
+        for record in members {
+            self.apply_record(record);
+        }
+    }
+
+    fn channel_members_changed(
+        &mut self,
+        channel: String,
+        joined: Vec<Presence>,
+        left: Vec<String>,
+    ) {
+        let Some(members) = self.channel_members.get_mut(&channel) else {
+            self.stats.unexpected_messages += 1;
+            return;
+        };
+        members.extend(joined.iter().map(|r| r.user_id.clone()));
+        for user in &left {
+            members.remove(user);
+        }
+        let joined_ids: Vec<String> = joined.iter().map(|r| r.user_id.clone()).collect();
+        for record in joined {
+            self.apply_record(record);
+        }
+        self.forget_unwatched(left.clone());
+        self.events.push_back(Event::ChannelMembersChanged {
+            channel,
+            joined: joined_ids,
+            left,
+        });
     }
 
     /// Reads users' presence once, without watching them. The answer comes as [`Event::QueryCompleted`].
@@ -1324,6 +1497,16 @@ impl Client {
             }
             ServerMessage::Choice { status } if connected => self.adopt_choice(status, now),
             ServerMessage::Privacy { privacy } if connected => self.privacy = Some(privacy),
+            ServerMessage::ChannelSnapshot {
+                channel,
+                members,
+                more,
+            } if connected => self.channel_snapshot(channel, members, more),
+            ServerMessage::ChannelMembers {
+                channel,
+                joined,
+                left,
+            } if connected => self.channel_members_changed(channel, joined, left),
             ServerMessage::Snapshot { users } if connected => {
                 for record in users {
                     self.apply_record(record);
@@ -1415,6 +1598,8 @@ impl Client {
             | ServerMessage::QueryResult { .. }
             | ServerMessage::Choice { .. }
             | ServerMessage::Privacy { .. }
+            | ServerMessage::ChannelSnapshot { .. }
+            | ServerMessage::ChannelMembers { .. }
             | ServerMessage::Pong { .. } => self.stats.unexpected_messages += 1,
         }
     }
@@ -1430,6 +1615,8 @@ impl Client {
             self.epoch += 1;
             self.max_version_seen = 0;
             self.server_subscriptions.clear();
+            self.server_channels.clear();
+            self.channel_parts.clear();
         }
         self.stats.sessions += 1;
         self.attempts_since_connected = 0;
@@ -1476,11 +1663,38 @@ impl Client {
             self.send_user_lists(added, |users| ClientMessage::Subscribe { users }, now);
         }
         self.server_subscriptions = self.subscriptions.clone();
+        let channels_removed: Vec<String> = self
+            .server_channels
+            .difference(&self.channel_subscriptions)
+            .cloned()
+            .collect();
+        let channels_added: Vec<String> = self
+            .channel_subscriptions
+            .difference(&self.server_channels)
+            .cloned()
+            .collect();
+        if !channels_removed.is_empty() {
+            self.send(
+                ClientMessage::UnsubscribeChannels {
+                    channels: channels_removed,
+                },
+                now,
+            );
+        }
+        if !channels_added.is_empty() {
+            self.send(
+                ClientMessage::SubscribeChannels {
+                    channels: channels_added,
+                },
+                now,
+            );
+        }
+        self.server_channels = self.channel_subscriptions.clone();
     }
 
     fn apply_record(&mut self, record: Presence) {
         self.max_version_seen = self.max_version_seen.max(record.version);
-        if !self.subscriptions.contains(&record.user_id) {
+        if !self.watches(&record.user_id) {
             // An answer to a subscription the application has since dropped.
             self.stats.unexpected_messages += 1;
             return;

@@ -34,6 +34,10 @@ pub const MAX_CLIENT_INFO_BYTES: usize = 64;
 pub const MAX_FOCUS_BYTES: usize = 128;
 /// The most contacts one user may have.
 pub const MAX_CONTACTS: usize = 10_000;
+/// The most channels one session may subscribe to.
+pub const MAX_CHANNELS_PER_SESSION: usize = 100;
+/// The most members one channel may have.
+pub const MAX_CHANNEL_MEMBERS: usize = 10_000;
 
 /// What watchers should show for a user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -393,6 +397,8 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// Too many status updates; retry after the delay the error carries.
     RateLimited,
+    /// A channel subscription by a user who is not a member.
+    NotAMember,
     /// A message larger than the frame limit.
     FrameTooLarge,
     /// The client did not read fast enough.
@@ -420,6 +426,7 @@ impl ErrorCode {
             ErrorCode::TooManyUsers => "too_many_users",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotAMember => "not_a_member",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::SessionExpired => "session_expired",
@@ -442,6 +449,7 @@ impl ErrorCode {
             "too_many_users" => ErrorCode::TooManyUsers,
             "too_many_subscriptions" => ErrorCode::TooManySubscriptions,
             "rate_limited" => ErrorCode::RateLimited,
+            "not_a_member" => ErrorCode::NotAMember,
             "frame_too_large" => ErrorCode::FrameTooLarge,
             "slow_consumer" => ErrorCode::SlowConsumer,
             "session_expired" => ErrorCode::SessionExpired,
@@ -575,6 +583,16 @@ pub enum ClientMessage {
         /// Users to stop watching.
         users: Vec<String>,
     },
+    /// Watch the members of channels: the server answers with a channel snapshot each, then updates.
+    SubscribeChannels {
+        /// Channels to watch.
+        channels: Vec<String>,
+    },
+    /// Stop watching channels.
+    UnsubscribeChannels {
+        /// Channels to stop watching.
+        channels: Vec<String>,
+    },
     /// Read users' presence once.
     Query {
         /// Correlates the `query_result`.
@@ -643,6 +661,27 @@ pub enum ServerMessage {
         /// The settings.
         #[serde(flatten)]
         privacy: Privacy,
+    },
+    /// The members of a subscribed channel, or one part of them.
+    ChannelSnapshot {
+        /// The channel.
+        channel: String,
+        /// The members' records (in this part).
+        members: Vec<Presence>,
+        /// More parts follow.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        more: bool,
+    },
+    /// A subscribed channel's membership changed.
+    ChannelMembers {
+        /// The channel.
+        channel: String,
+        /// New members' records.
+        #[serde(default)]
+        joined: Vec<Presence>,
+        /// Members who left.
+        #[serde(default)]
+        left: Vec<String>,
     },
     /// Full records of users listed in a `subscribe`.
     Snapshot {
@@ -1037,6 +1076,12 @@ mod tests {
                 reference: None,
                 context: None,
             },
+            ClientMessage::SubscribeChannels {
+                channels: vec!["studio".into()],
+            },
+            ClientMessage::UnsubscribeChannels {
+                channels: vec!["studio".into()],
+            },
             ClientMessage::SetPrivacy {
                 reference: None,
                 privacy: Privacy {
@@ -1111,6 +1156,16 @@ mod tests {
             },
             ServerMessage::Snapshot {
                 users: vec![record("bob", Availability::Online, 3)],
+            },
+            ServerMessage::ChannelSnapshot {
+                channel: "studio".into(),
+                members: vec![record("bob", Availability::Online, 3)],
+                more: false,
+            },
+            ServerMessage::ChannelMembers {
+                channel: "studio".into(),
+                joined: vec![record("dave", Availability::Busy, 4)],
+                left: vec!["carol".into()],
             },
             ServerMessage::Presence {
                 user: record("bob", Availability::Busy, 4),

@@ -1030,3 +1030,64 @@ fn an_expired_token_is_refreshed_once_when_a_provider_is_configured() {
     ));
     assert_eq!(h.opens, 2, "no retry storm");
 }
+
+#[test]
+fn channels_follow_their_members_and_survive_reconnects() {
+    let mut h = Harness::connected();
+    h.client.subscribe_channels(["studio"], h.now).unwrap();
+    h.client.subscribe(["carol"], h.now).unwrap();
+    h.drain();
+    assert!(h.sent_types().contains(&"subscribe_channels".to_owned()));
+    // The snapshot comes in two parts.
+    h.receive(ServerMessage::ChannelSnapshot {
+        channel: "studio".into(),
+        members: vec![record("bob", Availability::Busy, 1)],
+        more: true,
+    });
+    h.receive(ServerMessage::ChannelSnapshot {
+        channel: "studio".into(),
+        members: vec![record("carol", Availability::Online, 1)],
+        more: false,
+    });
+    let members: Vec<&str> = h
+        .client
+        .channel_members("studio")
+        .unwrap()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(members, ["bob", "carol"]);
+    assert_eq!(
+        h.client.presence("bob").unwrap().availability,
+        Availability::Busy
+    );
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, Event::ChannelMembersChanged { joined, .. } if joined.len() == 2))
+    );
+    // Bob leaves the channel: forgotten. Carol leaves too, but she is watched directly: kept.
+    h.receive(ServerMessage::ChannelMembers {
+        channel: "studio".into(),
+        joined: vec![record("dave", Availability::Away, 2)],
+        left: vec!["bob".into(), "carol".into()],
+    });
+    assert_eq!(h.client.presence("bob"), None);
+    assert!(h.client.presence("carol").is_some());
+    assert_eq!(
+        h.client.presence("dave").unwrap().availability,
+        Availability::Away
+    );
+    // After a reconnect that does not resume, the channel is subscribed again.
+    h.client.handle_transport_closed("drop", h.now);
+    h.drain();
+    h.sent.clear();
+    h.reconnect();
+    assert!(h.sent.iter().any(
+        |f| f["type"] == "subscribe_channels" && f["channels"] == serde_json::json!(["studio"])
+    ));
+    // Unsubscribing drops the members not watched otherwise.
+    h.client.unsubscribe_channels(["studio"], h.now);
+    assert_eq!(h.client.presence("dave"), None);
+    assert!(h.client.presence("carol").is_some());
+}

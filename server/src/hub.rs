@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use presently_core::protocol::{
-    Auto, AutoState, Choice, ErrorCode, MAX_FRAME_BYTES, MAX_SUBSCRIPTIONS_PER_SESSION, Privacy,
-    ServerMessage, Visibility, split_records,
+    Auto, AutoState, Choice, ErrorCode, MAX_CHANNELS_PER_SESSION, MAX_FRAME_BYTES,
+    MAX_SUBSCRIPTIONS_PER_SESSION, Privacy, ServerMessage, Visibility, split_records,
 };
 use presently_core::{Activity, Availability, Presence, Status};
 use tokio::sync::mpsc;
@@ -212,8 +212,20 @@ struct SessionState {
     generation: u64,
     auto: Auto,
     focus: Option<String>,
-    /// Watched users, with the version and content of the last record sent to this session for each.
+    /// Watched users, with the version and content of the last record sent to this session for each: the
+    /// users subscribed to directly and the members of subscribed channels.
     watching: HashMap<String, Sent>,
+    /// Users subscribed to directly.
+    direct: HashSet<String>,
+    /// Channels subscribed to.
+    channels: HashSet<String>,
+}
+
+/// A channel: its members (from the admin API) and the sessions subscribed to it.
+#[derive(Debug, Default)]
+struct ChannelState {
+    members: BTreeSet<String>,
+    subscribers: HashSet<u64>,
 }
 
 /// The last record a session was sent about a user.
@@ -228,6 +240,7 @@ struct HubState {
     users: HashMap<String, UserState>,
     sessions: HashMap<u64, SessionState>,
     by_public_id: HashMap<String, u64>,
+    channels: HashMap<String, ChannelState>,
     next_session: u64,
     /// The server-wide version counter (protocol section 3.1).
     clock: u64,
@@ -238,6 +251,58 @@ impl HubState {
     fn stamp(&mut self) -> u64 {
         self.clock = (self.clock + 1).max(unix_micros());
         self.clock
+    }
+
+    /// Whether session `key` watches `user` for any reason: directly or through a channel.
+    fn watched_by(&self, key: u64, user: &str) -> bool {
+        let Some(session) = self.sessions.get(&key) else {
+            return false;
+        };
+        session.direct.contains(user)
+            || session.channels.iter().any(|c| {
+                self.channels
+                    .get(c)
+                    .is_some_and(|ch| ch.members.contains(user))
+            })
+    }
+
+    /// Makes session `key` watch `user` and returns the record made for it, stamped `stamp`.
+    fn watch(&mut self, key: u64, user: &str, stamp: u64) -> Option<Presence> {
+        let watcher_user = self.sessions.get(&key)?.user_id.clone();
+        let state = self
+            .users
+            .entry(user.to_owned())
+            .or_insert_with(UserState::new);
+        state.watchers.insert(key);
+        let record = record_for(state, user, view_of(state, user, &watcher_user), 0);
+        let session = self.sessions.get_mut(&key)?;
+        session.watching.insert(
+            user.to_owned(),
+            Sent {
+                version: stamp,
+                record: record.clone(),
+            },
+        );
+        Some(Presence {
+            version: stamp,
+            ..record
+        })
+    }
+
+    /// Stops session `key` watching `user` unless another subscription still covers the user.
+    fn unwatch_if_unused(&mut self, key: u64, user: &str) {
+        if self.watched_by(key, user) {
+            return;
+        }
+        if let Some(session) = self.sessions.get_mut(&key) {
+            session.watching.remove(user);
+        }
+        if let Some(state) = self.users.get_mut(user) {
+            state.watchers.remove(&key);
+            if state.forgettable() {
+                self.users.remove(user);
+            }
+        }
     }
 
     /// The record `watcher_user` gets of `user_id` now (without its version).
@@ -371,6 +436,8 @@ impl Hub {
                 auto: intro.auto.unwrap_or_default(),
                 focus: intro.focus,
                 watching: HashMap::new(),
+                direct: HashSet::new(),
+                channels: HashSet::new(),
             },
         );
         state.by_public_id.insert(public_id.clone(), key);
@@ -465,6 +532,15 @@ impl Hub {
             }
         }
         self.push_snapshot(&conn, records);
+        // Memberships may have changed while away: every subscribed channel afresh.
+        let channels: Vec<String> = state
+            .sessions
+            .get(&key)
+            .map(|s| s.channels.iter().cloned().collect())
+            .unwrap_or_default();
+        for channel in channels {
+            self.send_channel_snapshot(state, key, &channel, &conn);
+        }
         if choice_changed {
             self.send_choice(state, user_id);
         }
@@ -631,7 +707,6 @@ impl Hub {
         let mut guard = self.lock();
         let state = &mut *guard;
         let stamp = state.stamp();
-        let watcher_user = state.sessions.get(&key)?.user_id.clone();
         let mut listed = HashSet::new();
         let mut records = Vec::new();
         let mut cut_short = None;
@@ -646,25 +721,8 @@ impl Hub {
                 cut_short = Some(ErrorCode::TooManySubscriptions);
                 continue;
             }
-            let user = state
-                .users
-                .entry(user_id.clone())
-                .or_insert_with(UserState::new);
-            user.watchers.insert(key);
-            let record = record_for(user, &user_id, view_of(user, &user_id, &watcher_user), 0);
-            records.push(Presence {
-                version: stamp,
-                ..record.clone()
-            });
-            if let Some(session) = state.sessions.get_mut(&key) {
-                session.watching.insert(
-                    user_id,
-                    Sent {
-                        version: stamp,
-                        record,
-                    },
-                );
-            }
+            session.direct.insert(user_id.clone());
+            records.extend(state.watch(key, &user_id, stamp));
         }
         if let Some(conn) = state.sessions.get(&key).and_then(|s| s.conn.clone()) {
             self.push_snapshot(&conn, records);
@@ -672,22 +730,193 @@ impl Hub {
         cut_short
     }
 
-    /// Removes users from a session's watch list.
+    /// Removes users from a session's watch list (a user still covered by a subscribed channel stays watched).
     pub(crate) fn unsubscribe(&self, key: u64, users: &[String]) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let Some(session) = state.sessions.get_mut(&key) else {
-            return;
-        };
         for user_id in users {
-            if session.watching.remove(user_id).is_some()
-                && let Some(user) = state.users.get_mut(user_id)
+            let removed = state
+                .sessions
+                .get_mut(&key)
+                .is_some_and(|s| s.direct.remove(user_id));
+            if removed {
+                state.unwatch_if_unused(key, user_id);
+            }
+        }
+    }
+
+    /// Subscribes a session to channels its user belongs to; returns the channels refused and why.
+    pub(crate) fn subscribe_channels(
+        &self,
+        key: u64,
+        channels: Vec<String>,
+    ) -> Vec<(String, ErrorCode)> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let mut refused = Vec::new();
+        let Some((user_id, conn)) = state
+            .sessions
+            .get(&key)
+            .map(|s| (s.user_id.clone(), s.conn.clone()))
+        else {
+            return refused;
+        };
+        for channel in channels {
+            let member = state
+                .channels
+                .get(&channel)
+                .is_some_and(|c| c.members.contains(&user_id));
+            if !member {
+                refused.push((channel, ErrorCode::NotAMember));
+                continue;
+            }
+            let Some(session) = state.sessions.get_mut(&key) else {
+                break;
+            };
+            if !session.channels.contains(&channel)
+                && session.channels.len() >= MAX_CHANNELS_PER_SESSION
             {
-                user.watchers.remove(&key);
-                if user.forgettable() {
-                    state.users.remove(user_id);
+                refused.push((channel, ErrorCode::TooManySubscriptions));
+                continue;
+            }
+            session.channels.insert(channel.clone());
+            if let Some(c) = state.channels.get_mut(&channel) {
+                c.subscribers.insert(key);
+            }
+            if let Some(conn) = &conn {
+                self.send_channel_snapshot(state, key, &channel, conn);
+            }
+        }
+        refused
+    }
+
+    /// Unsubscribes a session from channels; members no longer covered by any subscription stop being watched.
+    pub(crate) fn unsubscribe_channels(&self, key: u64, channels: &[String]) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        for channel in channels {
+            let removed = state
+                .sessions
+                .get_mut(&key)
+                .is_some_and(|s| s.channels.remove(channel));
+            if !removed {
+                continue;
+            }
+            let members: Vec<String> = match state.channels.get_mut(channel) {
+                Some(c) => {
+                    c.subscribers.remove(&key);
+                    c.members.iter().cloned().collect()
+                }
+                None => Vec::new(),
+            };
+            for member in members {
+                state.unwatch_if_unused(key, &member);
+            }
+        }
+    }
+
+    /// Replaces a channel's members (admin API) and tells its subscribers who joined and who left.
+    pub(crate) fn set_channel_members(&self, channel: &str, members: BTreeSet<String>) {
+        self.update_channel(channel, |_| members);
+    }
+
+    /// Changes a channel's members atomically (`change` gets the current members and returns the new ones) and
+    /// tells its subscribers who joined and who left.
+    pub(crate) fn update_channel(
+        &self,
+        channel: &str,
+        change: impl FnOnce(&BTreeSet<String>) -> BTreeSet<String>,
+    ) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let entry = state.channels.entry(channel.to_owned()).or_default();
+        let members = change(&entry.members);
+        let joined: Vec<String> = members.difference(&entry.members).cloned().collect();
+        let left: Vec<String> = entry.members.difference(&members).cloned().collect();
+        entry.members = members;
+        let subscribers: Vec<u64> = entry.subscribers.iter().copied().collect();
+        if joined.is_empty() && left.is_empty() {
+            return;
+        }
+        let stamp = state.stamp();
+        for key in subscribers {
+            let records: Vec<Presence> = joined
+                .iter()
+                .filter_map(|u| state.watch(key, u, stamp))
+                .collect();
+            for user in &left {
+                state.unwatch_if_unused(key, user);
+            }
+            let Some(session) = state.sessions.get_mut(&key) else {
+                continue;
+            };
+            let conn = session.conn.clone();
+            // A subscriber who is no longer a member loses the subscription, after hearing that it left.
+            let own_left = left.contains(&session.user_id);
+            if own_left {
+                session.channels.remove(channel);
+            }
+            if let Some(conn) = conn {
+                let frame = ServerMessage::ChannelMembers {
+                    channel: channel.to_owned(),
+                    joined: records,
+                    left: left.clone(),
+                };
+                self.push(&conn, frame.encode().into());
+            }
+            if own_left {
+                if let Some(c) = state.channels.get_mut(channel) {
+                    c.subscribers.remove(&key);
+                }
+                let members: Vec<String> = state
+                    .channels
+                    .get(channel)
+                    .map(|c| c.members.iter().cloned().collect())
+                    .unwrap_or_default();
+                for member in members {
+                    state.unwatch_if_unused(key, &member);
                 }
             }
+        }
+        if state
+            .channels
+            .get(channel)
+            .is_some_and(|c| c.members.is_empty() && c.subscribers.is_empty())
+        {
+            state.channels.remove(channel);
+        }
+    }
+
+    /// A channel's members, sorted.
+    pub(crate) fn channel_members(&self, channel: &str) -> Vec<String> {
+        let state = self.lock();
+        state
+            .channels
+            .get(channel)
+            .map(|c| c.members.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Queues the members of `channel` as `channel_snapshot` frames for session `key`, watching them all.
+    fn send_channel_snapshot(&self, state: &mut HubState, key: u64, channel: &str, conn: &Conn) {
+        let members: Vec<String> = state
+            .channels
+            .get(channel)
+            .map(|c| c.members.iter().cloned().collect())
+            .unwrap_or_default();
+        let stamp = state.stamp();
+        let records: Vec<Presence> = members
+            .iter()
+            .filter_map(|m| state.watch(key, m, stamp))
+            .collect();
+        for frame in split_records(records, self.max_frame_bytes, |members, more| {
+            ServerMessage::ChannelSnapshot {
+                channel: channel.to_owned(),
+                members,
+                more,
+            }
+        }) {
+            self.push(conn, frame.into());
         }
     }
 
@@ -718,6 +947,11 @@ impl Hub {
             return;
         };
         state.by_public_id.remove(&session.public_id);
+        for channel in &session.channels {
+            if let Some(c) = state.channels.get_mut(channel) {
+                c.subscribers.remove(&key);
+            }
+        }
         for watched in session.watching.keys() {
             if let Some(user) = state.users.get_mut(watched) {
                 user.watchers.remove(&key);
@@ -984,6 +1218,8 @@ mod tests {
             auto,
             focus: None,
             watching: HashMap::new(),
+            direct: HashSet::new(),
+            channels: HashSet::new(),
         }
     }
 

@@ -206,6 +206,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             "/v1/admin/users/{user}/contacts",
             get(get_contacts).put(put_contacts),
         )
+        .route(
+            "/v1/admin/channels/{channel}",
+            get(get_channel).put(put_channel),
+        )
+        .route(
+            "/v1/admin/channels/{channel}/members/{user}",
+            axum::routing::put(add_member).delete(remove_member),
+        )
         .with_state(ctx.clone());
     let stop = {
         let (drain, kill) = (ctx.drain.clone(), ctx.kill.clone());
@@ -328,7 +336,103 @@ async fn put_contacts(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// The body of `PUT /v1/admin/channels/{channel}`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ChannelMembers {
+    /// The channel's members.
+    pub members: Vec<String>,
+}
+
+async fn get_channel(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+) -> Response {
+    if let Err(refusal) = admin(&ctx, &headers) {
+        return refusal.into_response();
+    }
+    Json(ChannelMembers {
+        members: ctx.hub.channel_members(&channel),
+    })
+    .into_response()
+}
+
+async fn put_channel(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    Json(body): Json<ChannelMembers>,
+) -> Response {
+    if let Err(refusal) = admin(&ctx, &headers)
+        .and_then(|()| check_users(std::slice::from_ref(&channel), 1))
+        .and_then(|()| check_users(&body.members, presently_core::protocol::MAX_CHANNEL_MEMBERS))
+    {
+        return refusal.into_response();
+    }
+    ctx.hub
+        .set_channel_members(&channel, body.members.into_iter().collect());
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn add_member(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path((channel, user)): Path<(String, String)>,
+) -> Response {
+    change_member(&ctx, &headers, channel, user, true)
+}
+
+async fn remove_member(
+    State(ctx): State<Arc<Context>>,
+    headers: HeaderMap,
+    Path((channel, user)): Path<(String, String)>,
+) -> Response {
+    change_member(&ctx, &headers, channel, user, false)
+}
+
+fn change_member(
+    ctx: &Context,
+    headers: &HeaderMap,
+    channel: String,
+    user: String,
+    add: bool,
+) -> Response {
+    if let Err(refusal) =
+        admin(ctx, headers).and_then(|()| check_users(&[channel.clone(), user.clone()], 2))
+    {
+        return refusal.into_response();
+    }
+    let limit = presently_core::protocol::MAX_CHANNEL_MEMBERS;
+    let mut full = false;
+    ctx.hub.update_channel(&channel, |members| {
+        let mut members = members.clone();
+        if !add {
+            members.remove(&user);
+        } else if members.len() < limit || members.contains(&user) {
+            members.insert(user);
+        } else {
+            full = true;
+        }
+        members
+    });
+    if full {
+        return bad_request("the channel is full".into()).into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 impl RunningServer {
+    /// Replaces a channel's members (as `PUT /v1/admin/channels/{channel}` does).
+    pub fn set_channel_members<I, S>(&self, channel: &str, members: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.ctx
+            .hub
+            .set_channel_members(channel, members.into_iter().map(Into::into).collect());
+    }
+
     /// Replaces a user's contact list (as `PUT /v1/admin/users/{user}/contacts` does).
     pub fn set_contacts<I, S>(&self, user_id: &str, contacts: I)
     where

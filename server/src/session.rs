@@ -677,6 +677,33 @@ impl Connection {
                     );
                 }
             }
+            ClientMessage::SubscribeChannels { channels } => {
+                if let Err(e) = protocol::validate_user_list(&channels) {
+                    self.list_error(e, None);
+                } else {
+                    for (channel, code) in self.ctx.hub.subscribe_channels(self.session, channels) {
+                        let message = match code {
+                            ErrorCode::NotAMember => format!("not a member of channel {channel:?}"),
+                            _ => format!(
+                                "channel {channel:?} would exceed 100 channels for this session"
+                            ),
+                        };
+                        self.error(code, message, None);
+                    }
+                }
+            }
+            ClientMessage::UnsubscribeChannels { channels } => {
+                if channels.len() > MAX_USERS_PER_REQUEST {
+                    self.list_error(
+                        ValidationError::TooManyUsers {
+                            count: channels.len(),
+                        },
+                        None,
+                    );
+                } else {
+                    self.ctx.hub.unsubscribe_channels(self.session, &channels);
+                }
+            }
             ClientMessage::Unsubscribe { users } => {
                 if users.len() > MAX_USERS_PER_REQUEST {
                     self.list_error(ValidationError::TooManyUsers { count: users.len() }, None);

@@ -1104,3 +1104,133 @@ async fn the_admin_api_needs_its_token() {
             .starts_with("HTTP/1.1 404")
     );
 }
+
+#[tokio::test]
+async fn channels_give_a_snapshot_then_updates_joins_and_leaves() {
+    let server = server().await;
+    server.set_channel_members("studio", ["alice", "bob", "carol"]);
+    let mut alice = Raw::session(&server, "alice").await;
+    let mut bob = Raw::connect(&server).await;
+    bob.hello("bob", Some(json!({"availability": "busy"})))
+        .await;
+    alice
+        .send(json!({"type": "subscribe_channels", "channels": ["studio", "other"]}))
+        .await;
+    // The snapshot of "studio", then the refusal of "other" (channels are handled in order).
+    let snapshot = alice.recv().await;
+    let error = alice.recv().await;
+    assert_eq!(
+        (error["code"].as_str(), error["fatal"].as_bool()),
+        (Some("not_a_member"), Some(false))
+    );
+    assert_eq!(
+        (snapshot["type"].as_str(), snapshot["channel"].as_str()),
+        (Some("channel_snapshot"), Some("studio"))
+    );
+    let members: Vec<(&str, &str)> = snapshot["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["user_id"].as_str().unwrap(),
+                m["availability"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        members,
+        [("alice", "online"), ("bob", "busy"), ("carol", "offline")]
+    );
+    // Updates of members.
+    bob.send(json!({"type": "set_status", "availability": "away"}))
+        .await;
+    assert_eq!(alice.update().await["availability"], "away");
+    // Joins and leaves.
+    server.set_channel_members("studio", ["alice", "bob", "dave"]);
+    let change = alice.recv().await;
+    assert_eq!(change["type"], "channel_members");
+    assert_eq!(change["joined"][0]["user_id"], "dave");
+    assert_eq!(change["left"], json!(["carol"]));
+    // A member who left is no longer watched; one who joined is.
+    let mut carol = Raw::session(&server, "carol").await;
+    let mut dave = Raw::session(&server, "dave").await;
+    assert_eq!(
+        alice.update().await["user_id"],
+        "dave",
+        "carol's coming online is not sent: she left"
+    );
+    carol.send(json!({"type": "ping"})).await;
+    dave.send(json!({"type": "set_status", "availability": "busy"}))
+        .await;
+    assert_eq!(alice.update().await["availability"], "busy");
+    // Unsubscribing stops the updates.
+    alice
+        .send(json!({"type": "unsubscribe_channels", "channels": ["studio"]}))
+        .await;
+    dave.send(json!({"type": "set_status", "availability": "away"}))
+        .await;
+    nothing_changed(&mut alice, "unsubscribed").await;
+}
+
+#[tokio::test]
+async fn privacy_holds_in_channels_too() {
+    let server = server().await;
+    server.set_channel_members("team", ["alice", "bob"]);
+    let mut bob = Raw::session(&server, "bob").await;
+    bob.send(json!({"type": "set_privacy", "visibility": "contacts"}))
+        .await;
+    bob.send(json!({"type": "ping", "ref": "sync"})).await;
+    assert_eq!(bob.recv().await["ref"], "sync");
+    let mut alice = Raw::session(&server, "alice").await;
+    alice
+        .send(json!({"type": "subscribe_channels", "channels": ["team"]}))
+        .await;
+    let snapshot = alice.recv().await;
+    let bob_record = snapshot["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["user_id"] == "bob")
+        .unwrap()
+        .clone();
+    assert!(hidden(&bob_record), "{bob_record}");
+    bob.send(json!({"type": "set_status", "availability": "busy"}))
+        .await;
+    nothing_changed(&mut alice, "bob is hidden from alice in the channel").await;
+}
+
+#[tokio::test]
+async fn a_resumed_session_gets_its_channels_afresh() {
+    let mut c = config();
+    c.resume_grace = Duration::from_secs(10);
+    let server = server_with(c).await;
+    server.set_channel_members("studio", ["alice", "bob"]);
+    let mut alice = Raw::connect(&server).await;
+    let id = alice.hello("alice", None).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .send(json!({"type": "subscribe_channels", "channels": ["studio"]}))
+        .await;
+    assert_eq!(alice.recv().await["type"], "channel_snapshot");
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.set_channel_members("studio", ["alice", "bob", "erin"]);
+    let mut alice = Raw::connect(&server).await;
+    assert_eq!(
+        alice.hello_resume("alice", &id, u64::MAX).await["resumed"],
+        true
+    );
+    assert_eq!(alice.recv().await["type"], "snapshot");
+    let channel = alice.recv().await;
+    assert_eq!(channel["type"], "channel_snapshot");
+    let ids: Vec<&str> = channel["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alice", "bob", "erin"]);
+}
