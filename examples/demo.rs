@@ -1,9 +1,11 @@
 //! `cargo run --example demo`
 //!
 //! Starts an embedded reference server and three clients — Alice's audio plugin, Bob's phone and Carol's
-//! browser tab — that watch each other. It shows, live, who is online and why each status changes (a status
-//! set, a message, a server crash and recovery, an app closed), then ends by itself after about 25 seconds
-//! with a summary of how long each change took to reach its watchers. Nothing to configure.
+//! browser tab — that watch each other. It shows, live, who is online and why each status changes: a status set,
+//! a message, a server crash and recovery, a plugin that goes idle and comes back, quiet hours starting in Berlin
+//! time, a phone that drives through a tunnel and resumes without its watchers seeing a blip, invisible mode, and
+//! an app closed. It ends by itself after about 25 seconds with how long each change took to reach its watchers.
+//! Nothing to configure.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -15,7 +17,7 @@ use presently::presently_core::chrono::{TimeZone, Utc};
 use presently::presently_core::chrono_tz::Europe::Berlin;
 use presently::{
     Activity, Availability, Client, ClientInfo, ConnectionState, DndSchedule, DndWindow, Event,
-    Presence, Status,
+    Presence, ReconnectPolicy, Status,
 };
 use presently_server::{RunningServer, ServerConfig};
 use tokio::time::{Instant, sleep};
@@ -56,6 +58,8 @@ struct Tracker {
 struct Demo {
     start: Instant,
     tracker: Mutex<Tracker>,
+    /// Every presence change each client saw: (watcher, user, when).
+    seen_log: Mutex<Vec<(&'static str, String, Instant)>>,
 }
 
 impl Demo {
@@ -182,6 +186,7 @@ fn spawn_watch(
     client: &Client,
 ) -> tokio::task::JoinHandle<()> {
     let mut events = client.events();
+    let client = client.clone();
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {
@@ -190,6 +195,10 @@ fn spawn_watch(
                     previous,
                     current,
                 } => {
+                    demo.seen_log
+                        .lock()
+                        .unwrap()
+                        .push((name, user_id.clone(), Instant::now()));
                     let latency = demo.saw(name, &current);
                     let took = latency.map_or(String::new(), |d| {
                         format!("   (+{:.1} ms)", d.as_secs_f64() * 1e3)
@@ -216,6 +225,11 @@ fn spawn_watch(
                             "reconnecting: attempt {attempt} in {} ms ({reason})",
                             delay.as_millis()
                         ),
+                        ConnectionState::Connected { session_id }
+                            if client.session().is_some_and(|s| s.resumed) =>
+                        {
+                            format!("connected: resumed session {session_id}")
+                        }
                         other => other.to_string(),
                     };
                     demo.say(name, line);
@@ -242,6 +256,43 @@ fn spawn_watch(
     })
 }
 
+/// A TCP relay in front of the server whose open connections the demo can cut, as a tunnel would.
+struct Tunnel {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Tunnel {
+    async fn start(server: std::net::SocketAddr) -> Tunnel {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a local port");
+        let addr = listener.local_addr().expect("its address");
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cuts = cuts.clone();
+                cuts.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(server).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Tunnel { addr, cut }
+    }
+
+    /// Drops every connection open now.
+    fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
 async fn sleep_until_after(at: Instant) {
     tokio::time::sleep_until(at + Duration::from_millis(50)).await;
 }
@@ -262,6 +313,7 @@ async fn main() {
     let demo = Arc::new(Demo {
         start: Instant::now(),
         tracker: Mutex::new(Tracker::default()),
+        seen_log: Mutex::new(Vec::new()),
     });
     println!(
         "Presently demo: an embedded server and three clients that watch each other (about 25 s).\n"
@@ -270,6 +322,8 @@ async fn main() {
     let addr = server.local_addr();
     demo.say("server", format!("listening on {}", server.ws_url()));
 
+    let tunnel = Tunnel::start(addr).await;
+
     // 1. Everyone connects and watches the other two.
     let mut clients: Vec<(&'static str, Client)> = Vec::new();
     let mut watchers = Vec::new();
@@ -277,14 +331,25 @@ async fn main() {
     let carol_clock_skew_ms = Arc::new(AtomicI64::new(0));
     for (user, device, platform) in PEOPLE {
         let token = server.mint_token(user, Duration::from_secs(3_600)).unwrap();
-        let mut builder =
-            Client::builder(server.ws_url())
-                .token(token)
-                .client_info(ClientInfo::new(
-                    format!("{user}'s {device}"),
-                    "1.0",
-                    platform,
-                ));
+        // Bob's phone reaches the server through a network that the demo can cut (a tunnel).
+        let url = if user == "bob" {
+            format!("ws://{}/v1/ws", tunnel.addr)
+        } else {
+            server.ws_url()
+        };
+        let mut builder = Client::builder(url)
+            .token(token)
+            .client_info(ClientInfo::new(
+                format!("{user}'s {device}"),
+                "1.0",
+                platform,
+            ));
+        // Shortened for the demo: the defaults are 500 ms, 30 s, stable after 30 s.
+        builder = builder.reconnect_policy(ReconnectPolicy {
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(5),
+            stable_after: Duration::from_secs(5),
+        });
         if user == "alice" {
             // Shortened for the demo (the default is 5 minutes, no warning).
             builder = builder
@@ -501,7 +566,51 @@ async fn main() {
     demo.settle().await;
     print_board(&demo, &clients);
 
-    // 6. Bob closes his app.
+    // 6. Bob drives into a tunnel: his connection is cut, he comes back within the resume grace.
+    sleep(Duration::from_secs(1)).await;
+    demo.say("bob", "drives into a tunnel: the phone's connection is cut");
+    let cut_at = Instant::now();
+    tunnel.cut();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    sleep(Duration::from_millis(50)).await;
+    while !(matches!(bob.state(), ConnectionState::Connected { .. })
+        && bob.session().is_some_and(|s| s.resumed))
+        && Instant::now() < deadline
+    {
+        sleep(Duration::from_millis(10)).await;
+    }
+    sleep(Duration::from_millis(300)).await;
+    let blips = demo
+        .seen_log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, user, at)| user == "bob" && *at >= cut_at)
+        .count();
+    demo.say(
+        "bob",
+        format!(
+            "back after {:.0} ms; alice and carol saw {blips} change(s) of bob: the session was resumed, no offline/online pair",
+            cut_at.elapsed().as_secs_f64() * 1e3 - 300.0
+        ),
+    );
+
+    // 7. Carol goes invisible: offline to everyone, while she still sees them.
+    sleep(Duration::from_secs(1)).await;
+    demo.say(
+        "carol",
+        "goes invisible (appears offline, still sees everyone)",
+    );
+    demo.expect("carol: invisible (watchers see offline)", "carol", |p| {
+        p.availability == Availability::Offline
+    });
+    carol
+        .set_status(Status::new(Availability::Invisible))
+        .unwrap();
+    demo.settle().await;
+    print_board(&demo, &clients);
+
+    // 8. Bob closes his app.
     sleep(Duration::from_secs(1)).await;
     demo.say("bob", "closes the phone app");
     demo.expect("bob goes offline", "bob", |p| {
@@ -525,7 +634,7 @@ async fn main() {
     }
     print_board(&demo, &clients);
 
-    // 7. Summary.
+    // 9. Summary.
     println!(
         "\nHow long each change took to reach its watchers (from the call to the watcher's event):"
     );
