@@ -112,14 +112,19 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
         Ok(hello) => hello,
         Err((code, message)) => return reject(sink, code, message, close_code::POLICY).await,
     };
-    let Hello {
+    let ClientMessage::Hello {
         token,
         client,
         status,
         auto,
         resume,
         focus,
-    } = hello;
+        ..
+    } = hello
+    else {
+        let message = "the first frame must be hello".to_owned();
+        return reject(sink, ErrorCode::HelloRequired, message, close_code::POLICY).await;
+    };
     let user_id = match ctx.auth.verify(&token) {
         Ok(user_id) => user_id,
         Err(AuthError::Expired) => {
@@ -271,20 +276,10 @@ fn finish(ctx: &Arc<Context>, attached: &Attached, end: End, last_inbound_at: u6
     }
 }
 
-/// What a `hello` brings.
-struct Hello {
-    token: String,
-    client: presently_core::ClientInfo,
-    status: Option<Choice>,
-    auto: Option<Auto>,
-    resume: Option<Resume>,
-    focus: Option<String>,
-}
-
 /// Reads the first frame as a `hello` (protocol section 4). A hello whose only fault is its `status` or `auto`
 /// is accepted without them, with the reason to report; anything else that is not a readable v1 hello is a fatal
 /// error to send.
-fn read_hello(text: &str) -> Result<(Hello, Option<String>), (ErrorCode, String)> {
+fn read_hello(text: &str) -> Result<(ClientMessage, Option<String>), (ErrorCode, String)> {
     let invalid = |e: serde_json::Error| {
         (
             ErrorCode::HelloRequired,
@@ -326,25 +321,7 @@ fn read_hello(text: &str) -> Result<(Hello, Option<String>), (ErrorCode, String)
         }
     };
     match message {
-        ClientMessage::Hello {
-            token,
-            client,
-            status,
-            auto,
-            resume,
-            focus,
-            ..
-        } => Ok((
-            Hello {
-                token,
-                client,
-                status,
-                auto,
-                resume,
-                focus,
-            },
-            status_error,
-        )),
+        hello @ ClientMessage::Hello { .. } => Ok((hello, status_error)),
         _ => Err((
             ErrorCode::HelloRequired,
             "the first frame must be hello".into(),

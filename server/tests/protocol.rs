@@ -30,6 +30,18 @@ async fn server() -> RunningServer {
     server_with(config()).await
 }
 
+/// Waits (polling, bounded) until `ready` holds, or fails saying what was awaited.
+async fn eventually(what: &str, ready: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn token(user: &str) -> String {
     TokenAuthority::new(SECRET)
         .unwrap()
@@ -640,7 +652,10 @@ async fn a_dropped_session_resumed_within_the_grace_shows_no_blip() {
 
     // The tunnel: bob's connection drops without bye; alice changes status meanwhile.
     drop(bob);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the session waiting for a resume", || {
+        server.stats().sessions_detached == 1
+    })
+    .await;
     assert_eq!(server.stats().sessions_detached, 1);
     watcher
         .send(json!({"type": "set_status", "availability": "away"}))
@@ -712,7 +727,10 @@ async fn a_session_cannot_be_resumed_by_another_user() {
         .unwrap()
         .to_owned();
     drop(bob);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the session waiting for a resume", || {
+        server.stats().sessions_detached == 1
+    })
+    .await;
     let mut mallory = Raw::connect(&server).await;
     let welcome = mallory.hello_resume("mallory", &session_id, 0).await;
     assert_eq!(welcome["resumed"], false);
@@ -1216,7 +1234,10 @@ async fn a_resumed_session_gets_its_channels_afresh() {
         .await;
     assert_eq!(alice.recv().await["type"], "channel_snapshot");
     drop(alice);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the session waiting for a resume", || {
+        server.stats().sessions_detached == 1
+    })
+    .await;
     server.set_channel_members("studio", ["alice", "bob", "erin"]);
     let mut alice = Raw::connect(&server).await;
     assert_eq!(
