@@ -1,0 +1,100 @@
+//! The C library from C: the committed header is current, and a C program runs under AddressSanitizer against
+//! an in-process reference server with no errors and no leaks.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const SECRET: &[u8] = b"ffi test secret, at least 16 bytes";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The directory holding `libpresently.a` for this build (target/<profile>).
+fn library_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
+}
+
+#[test]
+fn the_committed_header_is_current() {
+    let generated = std::fs::read_to_string(concat!(env!("OUT_DIR"), "/presently.h"))
+        .expect("generated header");
+    let committed_path = manifest_dir().join("include/presently.h");
+    if std::env::var_os("PRESENTLY_UPDATE_HEADER").is_some() {
+        std::fs::write(&committed_path, &generated).expect("write the header");
+    }
+    let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "ffi/include/presently.h is stale: run PRESENTLY_UPDATE_HEADER=1 cargo test -p presently-ffi --test c_api"
+    );
+}
+
+/// Compiles `source` against the static library with the given extra flags; returns the binary.
+fn compile(source: &str, name: &str, flags: &[&str]) -> PathBuf {
+    let out = library_dir().join(name);
+    let library = library_dir().join("libpresently.a");
+    assert!(library.exists(), "{} was not built", library.display());
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(flags)
+        .arg("-std=c11")
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg("-I")
+        .arg(manifest_dir().join("include"))
+        .arg(manifest_dir().join(source))
+        .arg(&library)
+        .args(["-lpthread", "-ldl", "-lm", "-lgcc_s", "-lc"])
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("a C compiler (cc)");
+    assert!(status.success(), "compiling {source} failed");
+    out
+}
+
+#[test]
+fn a_c_program_runs_clean_under_address_sanitizer() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(presently_server::start(
+            presently_server::ServerConfig::new("127.0.0.1:0".parse().unwrap(), SECRET.to_vec()),
+        ))
+        .unwrap();
+    let token = |user: &str| server.mint_token(user, Duration::from_secs(600)).unwrap();
+    let binary = compile(
+        "tests/c/smoke.c",
+        "presently-smoke-asan",
+        &["-fsanitize=address", "-fno-omit-frame-pointer", "-g"],
+    );
+    let output = Command::new(&binary)
+        .args([server.ws_url(), token("alice"), token("bob")])
+        .env(
+            "ASAN_OPTIONS",
+            "detect_leaks=1:abort_on_error=0:exitcode=23",
+        )
+        .output()
+        .expect("run the C program");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    print!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the C program failed ({:?}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains("alice sees bob: busy \"Mixing\" (in_studio: Ableton Live 12)"),
+        "{stdout}"
+    );
+    assert!(
+        !stderr.contains("ERROR: AddressSanitizer") && !stderr.contains("LeakSanitizer"),
+        "{stderr}"
+    );
+    runtime.block_on(server.shutdown());
+}
