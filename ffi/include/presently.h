@@ -88,6 +88,14 @@ typedef struct PresentlyClient PresentlyClient;
 // An event (opaque): read it with the `presently_event_*` accessors, free it with `presently_event_free`.
 typedef struct PresentlyEvent PresentlyEvent;
 
+// Called on the library's thread with an event that is valid only during the call (copy what you keep).
+// Must return quickly and must not call `presently_client_free`.
+typedef void (*PresentlyEventCallback)(void *user_data, const struct PresentlyEvent *event);
+
+// Called on the library's thread when an event is queued for `presently_client_next_event`, so that the host
+// can schedule a drain on its own thread. Must return quickly and must not call `presently_client_free`.
+typedef void (*PresentlyWakeCallback)(void *user_data);
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -169,6 +177,20 @@ enum PresentlyResult presently_client_close(const struct PresentlyClient *client
 // returns NO_EVENT. Meant for the host's own thread (e.g. a JUCE Timer on the message thread); never blocks.
 enum PresentlyResult presently_client_next_event(const struct PresentlyClient *client,
                                                  struct PresentlyEvent **out);
+
+// Delivers events by calling `callback(user_data, event)` on the library's thread instead of queueing them for
+// `presently_client_next_event` (NULL goes back to queueing). The event is valid only during the call. The
+// callback must not block and must not free the client. Any thread; never blocks.
+enum PresentlyResult presently_client_set_event_callback(const struct PresentlyClient *client,
+                                                         PresentlyEventCallback callback,
+                                                         void *user_data);
+
+// Calls `callback(user_data)` on the library's thread whenever an event is queued for
+// `presently_client_next_event` (NULL removes it), e.g. to post a drain to the host's message thread. The
+// callback must not block and must not free the client. Any thread; never blocks.
+enum PresentlyResult presently_client_set_wake_callback(const struct PresentlyClient *client,
+                                                        PresentlyWakeCallback callback,
+                                                        void *user_data);
 
 // Frees an event (NULL is ignored); the strings it returned become invalid. Any thread.
 void presently_event_free(struct PresentlyEvent *event);

@@ -13,7 +13,7 @@
 #![allow(clippy::missing_safety_doc)] // The safety contract is the header's documentation of each function.
 
 use std::collections::VecDeque;
-use std::ffi::{CStr, CString, c_char};
+use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -215,12 +215,68 @@ fn release_runtime() {
 
 // ----- clients -----
 
+/// How many events wait for `presently_client_next_event` at most; older ones are dropped beyond it.
+const EVENT_QUEUE_LIMIT: usize = 10_000;
+
+/// Called on the library's thread with an event that is valid only during the call (copy what you keep).
+/// Must return quickly and must not call `presently_client_free`.
+pub type PresentlyEventCallback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, event: *const PresentlyEvent)>;
+
+/// Called on the library's thread when an event is queued for `presently_client_next_event`, so that the host
+/// can schedule a drain on its own thread. Must return quickly and must not call `presently_client_free`.
+pub type PresentlyWakeCallback = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
+/// A host callback with its `user_data`, which the host promises may be used from the library's thread.
+#[derive(Clone, Copy)]
+struct Callback<F> {
+    function: F,
+    user_data: *mut c_void,
+}
+
+// SAFETY: the header documents that callbacks and their user data are used on the library's thread.
+unsafe impl<F: Send> Send for Callback<F> {}
+
+#[derive(Default)]
+struct Delivery {
+    queue: VecDeque<Event>,
+    push: Option<Callback<unsafe extern "C" fn(*mut c_void, *const PresentlyEvent)>>,
+    wake: Option<Callback<unsafe extern "C" fn(*mut c_void)>>,
+}
+
 /// A presence client (opaque).
 pub struct PresentlyClient {
     client: presently_sdk::Client,
     runtime: tokio::runtime::Handle,
-    events: Arc<Mutex<VecDeque<Event>>>,
+    delivery: Arc<Mutex<Delivery>>,
     forwarder: tokio::task::JoinHandle<()>,
+}
+
+fn lock_delivery(delivery: &Mutex<Delivery>) -> std::sync::MutexGuard<'_, Delivery> {
+    delivery.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hands an event to the host: to its event callback if it set one, otherwise to the queue (waking it).
+/// Callbacks run without the lock held, so that they may call back into the library.
+fn deliver(delivery: &Mutex<Delivery>, event: Event) {
+    let mut d = lock_delivery(delivery);
+    if let Some(push) = d.push {
+        drop(d);
+        let event = event_from(event);
+        // SAFETY: the host registered this function for these user data; the event outlives the call.
+        unsafe { (push.function)(push.user_data, &event) };
+        return;
+    }
+    if d.queue.len() >= EVENT_QUEUE_LIMIT {
+        d.queue.pop_front();
+    }
+    d.queue.push_back(event);
+    let wake = d.wake;
+    drop(d);
+    if let Some(wake) = wake {
+        // SAFETY: the host registered this function for these user data.
+        unsafe { (wake.function)(wake.user_data) };
+    }
 }
 
 /// Creates a client for `url` (ws:// or wss://) with `token`, and names the application (`app_name`,
@@ -277,23 +333,20 @@ pub unsafe extern "C" fn presently_client_new(
                 };
             }
         };
-        let events = Arc::new(Mutex::new(VecDeque::new()));
+        let delivery = Arc::new(Mutex::new(Delivery::default()));
         let forwarder = {
-            let (mut stream, queue) = (client.events(), events.clone());
+            let (mut stream, delivery) = (client.events(), delivery.clone());
             runtime.spawn(async move {
                 use futures_util::StreamExt;
                 while let Some(event) = stream.next().await {
-                    queue
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back(event);
+                    deliver(&delivery, event);
                 }
             })
         };
         let handle = Box::new(PresentlyClient {
             client,
             runtime,
-            events,
+            delivery,
             forwarder,
         });
         // SAFETY: `out` is non-NULL and writable, as checked and documented.
@@ -656,11 +709,7 @@ pub unsafe extern "C" fn presently_client_next_event(
             if out.is_null() {
                 return PresentlyResult::NullArgument;
             }
-            let next = c
-                .events
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
+            let next = lock_delivery(&c.delivery).queue.pop_front();
             match next {
                 Some(event) => {
                     *out = Box::into_raw(Box::new(event_from(event)));
@@ -668,6 +717,48 @@ pub unsafe extern "C" fn presently_client_next_event(
                 }
                 None => PresentlyResult::NoEvent,
             }
+        })
+    }
+}
+
+/// Delivers events by calling `callback(user_data, event)` on the library's thread instead of queueing them for
+/// `presently_client_next_event` (NULL goes back to queueing). The event is valid only during the call. The
+/// callback must not block and must not free the client. Any thread; never blocks.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn presently_client_set_event_callback(
+    client: *const PresentlyClient,
+    callback: PresentlyEventCallback,
+    user_data: *mut c_void,
+) -> PresentlyResult {
+    // SAFETY: see `with_client`.
+    unsafe {
+        with_client(client, |c| {
+            lock_delivery(&c.delivery).push = callback.map(|function| Callback {
+                function,
+                user_data,
+            });
+            PresentlyResult::Ok
+        })
+    }
+}
+
+/// Calls `callback(user_data)` on the library's thread whenever an event is queued for
+/// `presently_client_next_event` (NULL removes it), e.g. to post a drain to the host's message thread. The
+/// callback must not block and must not free the client. Any thread; never blocks.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn presently_client_set_wake_callback(
+    client: *const PresentlyClient,
+    callback: PresentlyWakeCallback,
+    user_data: *mut c_void,
+) -> PresentlyResult {
+    // SAFETY: see `with_client`.
+    unsafe {
+        with_client(client, |c| {
+            lock_delivery(&c.delivery).wake = callback.map(|function| Callback {
+                function,
+                user_data,
+            });
+            PresentlyResult::Ok
         })
     }
 }

@@ -3,6 +3,8 @@
 #define _POSIX_C_SOURCE 199309L
 #include "presently.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -20,6 +22,29 @@
 static void pause_ms(long ms) {
   struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
   nanosleep(&t, NULL);
+}
+
+/* Pushed events: called on the library's thread. */
+static atomic_int pushed_bob_busy;
+static void on_event(void *user_data, const PresentlyEvent *event) {
+  atomic_int *counter = user_data;
+  if (presently_event_kind(event) == PRESENTLY_EVENT_KIND_PRESENCE_CHANGED &&
+      strcmp(presently_event_user_id(event), "bob") == 0 &&
+      presently_event_availability(event) == PRESENTLY_AVAILABILITY_BUSY) {
+    atomic_fetch_add(counter, 1);
+  }
+}
+
+/* Wake-ups for polling hosts: called on the library's thread. */
+static atomic_int wakes;
+static void on_wake(void *user_data) { atomic_fetch_add((atomic_int *)user_data, 1); }
+
+/* Several host threads at once, as a plugin's audio and UI threads are. */
+static void *hammer(void *client) {
+  for (int i = 0; i < 10000; i++) {
+    presently_client_record_activity(client);
+  }
+  return NULL;
 }
 
 int main(int argc, char **argv) {
@@ -61,6 +86,16 @@ int main(int argc, char **argv) {
   CHECK(presently_client_new(url, argv[3], "smoke", "1", "c", &bob) == PRESENTLY_RESULT_OK, "bob");
   const char *watch[] = {"bob"};
   CHECK(presently_client_subscribe(alice, watch, 1) == PRESENTLY_RESULT_OK, "subscribe");
+  /* Carol gets her events pushed; Dave polls when woken. */
+  PresentlyClient *carol = NULL, *dave = NULL;
+  CHECK(presently_client_new(url, argv[2], "smoke", "1", "c", &carol) == PRESENTLY_RESULT_OK, "carol");
+  CHECK(presently_client_new(url, argv[2], "smoke", "1", "c", &dave) == PRESENTLY_RESULT_OK, "dave");
+  CHECK(presently_client_set_event_callback(carol, on_event, &pushed_bob_busy) == PRESENTLY_RESULT_OK, "push cb");
+  CHECK(presently_client_set_wake_callback(dave, on_wake, &wakes) == PRESENTLY_RESULT_OK, "wake cb");
+  CHECK(presently_client_subscribe(carol, watch, 1) == PRESENTLY_RESULT_OK, "carol subscribes");
+  CHECK(presently_client_subscribe(dave, watch, 1) == PRESENTLY_RESULT_OK, "dave subscribes");
+  CHECK(presently_client_connect(carol) == PRESENTLY_RESULT_OK, "connect carol");
+  CHECK(presently_client_connect(dave) == PRESENTLY_RESULT_OK, "connect dave");
   CHECK(presently_client_subscribe(alice, NULL, 1) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL list");
   CHECK(presently_client_connect(alice) == PRESENTLY_RESULT_OK, "connect alice");
   CHECK(presently_client_connect(bob) == PRESENTLY_RESULT_OK, "connect bob");
@@ -94,6 +129,28 @@ int main(int argc, char **argv) {
   }
   CHECK(saw_connected, "alice connected");
   CHECK(saw_busy, "alice saw bob busy within 10 s");
+  for (int tries = 0; tries < 500 && atomic_load(&pushed_bob_busy) == 0; tries++) pause_ms(10);
+  CHECK(atomic_load(&pushed_bob_busy) == 1, "carol's callback saw bob busy once");
+  PresentlyEvent *none = NULL;
+  CHECK(presently_client_next_event(carol, &none) == PRESENTLY_RESULT_NO_EVENT, "pushed events are not queued");
+  CHECK(atomic_load(&wakes) > 0, "dave was woken");
+  int dave_saw = 0;
+  PresentlyEvent *event = NULL;
+  while (presently_client_next_event(dave, &event) == PRESENTLY_RESULT_OK) {
+    dave_saw += presently_event_kind(event) == PRESENTLY_EVENT_KIND_PRESENCE_CHANGED;
+    presently_event_free(event);
+  }
+  CHECK(dave_saw > 0, "dave drained his queue");
+
+  /* Four threads call into one client at once. */
+  pthread_t threads[4];
+  for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, hammer, alice);
+  CHECK(presently_client_set_status(alice, PRESENTLY_AVAILABILITY_AWAY, "brb", NULL, NULL) == PRESENTLY_RESULT_OK,
+        "a status while others record activity");
+  for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
+
+  presently_client_free(carol);
+  presently_client_free(dave);
   presently_client_free(alice);
   presently_client_free(bob);
   printf("ok\n");
