@@ -98,3 +98,36 @@ fn a_c_program_runs_clean_under_address_sanitizer() {
     );
     runtime.block_on(server.shutdown());
 }
+
+#[test]
+fn a_c_program_runs_clean_under_valgrind() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(presently_server::start(
+            presently_server::ServerConfig::new("127.0.0.1:0".parse().unwrap(), SECRET.to_vec()),
+        ))
+        .unwrap();
+    let token = |user: &str| server.mint_token(user, Duration::from_secs(600)).unwrap();
+    let binary = compile("tests/c/smoke.c", "presently-smoke-plain", &["-g", "-O1"]);
+    let output = Command::new("valgrind")
+        .args([
+            "--quiet",
+            "--leak-check=full",
+            "--show-leak-kinds=definite,indirect",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--error-exitcode=23",
+        ])
+        .arg(&binary)
+        .args([server.ws_url(), token("alice"), token("bob")])
+        .output()
+        .expect("valgrind (Debian package valgrind) must be installed to run this test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "valgrind found problems ({:?}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("ok"), "{stdout}");
+    runtime.block_on(server.shutdown());
+}
