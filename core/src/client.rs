@@ -391,8 +391,11 @@ pub struct Client {
     token_retry_used: bool,
     /// What this session is looking at.
     focus: Option<String>,
-    /// The privacy settings the application asked for and not yet sent, if any.
-    privacy_pending: Option<Privacy>,
+    /// The privacy settings the application last asked for, and whether they still have to be sent.
+    privacy_requested: Option<Privacy>,
+    privacy_dirty: bool,
+    /// The focus changed and still has to be sent.
+    focus_dirty: bool,
     /// The privacy settings in force, as the server reported them.
     privacy: Option<Privacy>,
     /// When the chosen message clears itself, on the driver's clock.
@@ -458,7 +461,9 @@ impl Client {
             ping_outstanding: None,
             token_retry_used: false,
             focus: None,
-            privacy_pending: None,
+            privacy_requested: None,
+            privacy_dirty: false,
+            focus_dirty: false,
             privacy: None,
             message_expiry: None,
             channel_subscriptions: BTreeSet::new(),
@@ -523,12 +528,16 @@ impl Client {
     pub fn set_status(&mut self, status: Status, now: Instant) -> Result<(), ValidationError> {
         let status = protocol::normalize_status(status);
         protocol::validate_status(&status)?;
+        protocol::validate_times(&Choice {
+            status: status.clone(),
+            chosen_at: None,
+        })?;
         if self.manual.as_ref() != Some(&status) {
             self.message_expiry = status
                 .message_expires_at
                 .and_then(|at| self.automation.instant_of_unix_ms(at));
             self.manual = Some(status); // Strictly increasing on this device, so that two choices in one millisecond stay in order.
-            let previous = self.manual_chosen_at.map_or(0, |t| t + 1);
+            let previous = self.manual_chosen_at.map_or(0, |t| t.saturating_add(1));
             self.manual_chosen_at = self.automation.unix_ms_at(now).map(|t| t.max(previous));
             self.send_choice(now);
         }
@@ -554,18 +563,24 @@ impl Client {
             protocol::validate_focus(c)?;
         }
         if self.focus != context {
-            self.focus = context.clone();
-            if self.link == Link::Connected {
-                self.send(
-                    ClientMessage::SetFocus {
-                        reference: None,
-                        context,
-                    },
-                    now,
-                );
-            }
+            self.focus = context;
+            self.focus_dirty = true;
+            self.send_focus(now);
         }
         Ok(())
+    }
+
+    fn send_focus(&mut self, now: Instant) {
+        if self.link == Link::Connected && self.resend_at.is_none() && self.focus_dirty {
+            self.send(
+                ClientMessage::SetFocus {
+                    reference: None,
+                    context: self.focus.clone(),
+                },
+                now,
+            );
+            self.focus_dirty = false;
+        }
     }
 
     /// What this session is looking at.
@@ -575,7 +590,8 @@ impl Client {
 
     /// Asks the server to apply these privacy settings (sent now if connected, else after the next `welcome`).
     pub fn set_privacy(&mut self, privacy: Privacy, now: Instant) {
-        self.privacy_pending = Some(privacy);
+        self.privacy_requested = Some(privacy);
+        self.privacy_dirty = true;
         self.send_privacy(now);
     }
 
@@ -585,10 +601,10 @@ impl Client {
     }
 
     fn send_privacy(&mut self, now: Instant) {
-        if self.link != Link::Connected {
+        if self.link != Link::Connected || self.resend_at.is_some() || !self.privacy_dirty {
             return;
         }
-        if let Some(privacy) = self.privacy_pending.take() {
+        if let Some(privacy) = self.privacy_requested {
             self.send(
                 ClientMessage::SetPrivacy {
                     reference: None,
@@ -597,6 +613,7 @@ impl Client {
                 now,
             );
         }
+        self.privacy_dirty = false;
     }
 
     /// The chosen message's expiry came: clear it here as the server does there (protocol section 7).
@@ -816,6 +833,15 @@ impl Client {
 
     /// Adopts the user's choice as the server reports it (made here or on another device).
     fn adopt_choice(&mut self, choice: Choice, now: Instant) {
+        // A choice made here that the server has not confirmed yet wins over an older one reported meanwhile.
+        let older = match (choice.chosen_at, self.manual_chosen_at) {
+            (Some(theirs), Some(ours)) => theirs < ours,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if self.choice_dirty && older {
+            return;
+        }
         self.message_expiry = choice
             .status
             .message_expires_at
@@ -1010,12 +1036,33 @@ impl Client {
         }
     }
 
+    /// Forgets a channel the server no longer lets this user watch (removed from it, or `not_a_member`).
+    fn drop_channel(&mut self, channel: &str) {
+        self.channel_subscriptions.remove(channel);
+        self.server_channels.remove(channel);
+        self.channel_parts.remove(channel);
+        if let Some(members) = self.channel_members.remove(channel) {
+            let left: Vec<String> = members.iter().cloned().collect();
+            self.forget_unwatched(members);
+            self.events.push_back(Event::ChannelMembersChanged {
+                channel: channel.to_owned(),
+                joined: Vec::new(),
+                left,
+            });
+        }
+    }
+
     fn channel_members_changed(
         &mut self,
         channel: String,
         joined: Vec<Presence>,
         left: Vec<String>,
     ) {
+        let own = self.session.as_ref().map(|s| s.user_id.clone());
+        if own.is_some_and(|me| left.contains(&me)) {
+            self.drop_channel(&channel);
+            return;
+        }
         let Some(members) = self.channel_members.get_mut(&channel) else {
             self.stats.unexpected_messages += 1;
             return;
@@ -1104,6 +1151,7 @@ impl Client {
                 });
             self.choice_dirty = false;
             self.auto_dirty = false;
+            self.focus_dirty = false;
             self.sent_auto = auto.clone();
             self.send(
                 ClientMessage::Hello {
@@ -1206,6 +1254,8 @@ impl Client {
                     if self.auto_dirty {
                         self.send_auto(now);
                     }
+                    self.send_focus(now);
+                    self.send_privacy(now);
                 }
             }
             Link::Waiting { retry_at, .. } if now >= retry_at => self.start_attempt(now),
@@ -1556,6 +1606,11 @@ impl Client {
                     self.fail(code, message);
                     return;
                 }
+                if code == ErrorCode::NotAMember
+                    && let Some(channel) = &reference
+                {
+                    self.drop_channel(channel);
+                }
                 if code == ErrorCode::RateLimited {
                     // Nothing is lost: the latest choice and automatic state go out again after the delay.
                     let delay =
@@ -1563,9 +1618,15 @@ impl Client {
                     self.resend_at = Some(now + delay);
                     self.choice_dirty |= self.manual.is_some();
                     self.auto_dirty = true;
+                    self.focus_dirty = true;
+                    self.privacy_dirty |= self.privacy_requested.is_some();
                 }
-                if let Some((query_id, _)) = reference.and_then(|r| self.pending_queries.remove(&r))
-                {
+                // A `not_a_member` ref names a channel, not a query.
+                let query = reference
+                    .as_ref()
+                    .filter(|_| code != ErrorCode::NotAMember)
+                    .and_then(|r| self.pending_queries.remove(r));
+                if let Some((query_id, _)) = query {
                     self.events.push_back(Event::QueryCompleted {
                         query_id,
                         result: Err(QueryError::Server {
@@ -1615,9 +1676,11 @@ impl Client {
             self.epoch += 1;
             self.max_version_seen = 0;
             self.server_subscriptions.clear();
-            self.server_channels.clear();
-            self.channel_parts.clear();
         }
+        // Channels are subscribed afresh after every welcome, resumed or not: memberships may have changed while
+        // the connection was away (a channel the user left is answered with `not_a_member`).
+        self.server_channels.clear();
+        self.channel_parts.clear();
         self.stats.sessions += 1;
         self.attempts_since_connected = 0;
         self.link = Link::Connected;
@@ -1632,18 +1695,7 @@ impl Client {
         if self.auto_dirty || self.current_auto() != self.sent_auto {
             self.send_auto(now);
         }
-        if resumed {
-            // The session kept its focus; tell it only if it changed meanwhile (cheap to repeat).
-            if self.focus.is_some() {
-                self.send(
-                    ClientMessage::SetFocus {
-                        reference: None,
-                        context: self.focus.clone(),
-                    },
-                    now,
-                );
-            }
-        }
+        self.send_focus(now);
         self.send_privacy(now);
         // Only the difference from what the server has (all of it for a new session).
         let removed: Vec<String> = self

@@ -879,6 +879,8 @@ pub enum ValidationError {
     ClientInfoTooLong(&'static str),
     /// A focus context that is empty, too long or holds control characters.
     InvalidFocus(String),
+    /// A time too far in the future (or beyond 2^53 − 1).
+    TimeOutOfRange(&'static str),
 }
 
 impl fmt::Display for ValidationError {
@@ -913,6 +915,9 @@ impl fmt::Display for ValidationError {
                 f,
                 "watching {count} users would exceed the limit of {MAX_SUBSCRIPTIONS_PER_SESSION} per session"
             ),
+            ValidationError::TimeOutOfRange(field) => {
+                write!(f, "{field} is too far in the future")
+            }
             ValidationError::InvalidFocus(context) => write!(
                 f,
                 "focus context {context:?} must be 1 to {MAX_FOCUS_BYTES} bytes without control characters"
@@ -1006,6 +1011,30 @@ pub fn validate_status(status: &Status) -> Result<(), ValidationError> {
 pub fn validate_focus(context: &str) -> Result<(), ValidationError> {
     if context.is_empty() || context.len() > MAX_FOCUS_BYTES || context.chars().any(is_control) {
         return Err(ValidationError::InvalidFocus(shorten(context)));
+    }
+    Ok(())
+}
+
+/// The latest time a choice may claim (`chosen_at`) or a message may expire at: a day ahead of `now_ms` for
+/// `chosen_at` (clock skew), a year ahead for `message_expires_at`; both within 2^53 − 1.
+pub fn validate_times(choice: &Choice) -> Result<(), ValidationError> {
+    const MAX_WIRE_INTEGER: u64 = (1 << 53) - 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let day = 86_400_000;
+    if choice
+        .chosen_at
+        .is_some_and(|t| t > MAX_WIRE_INTEGER || t > now.saturating_add(day))
+    {
+        return Err(ValidationError::TimeOutOfRange("chosen_at"));
+    }
+    if choice
+        .status
+        .message_expires_at
+        .is_some_and(|t| t > MAX_WIRE_INTEGER || t > now.saturating_add(365 * day))
+    {
+        return Err(ValidationError::TimeOutOfRange("message_expires_at"));
     }
     Ok(())
 }

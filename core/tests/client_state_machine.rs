@@ -1091,3 +1091,41 @@ fn channels_follow_their_members_and_survive_reconnects() {
     assert_eq!(h.client.presence("dave"), None);
     assert!(h.client.presence("carol").is_some());
 }
+
+#[test]
+fn a_channel_the_user_was_removed_from_is_dropped() {
+    let mut h = Harness::connected();
+    h.client
+        .subscribe_channels(["studio", "lounge"], h.now)
+        .unwrap();
+    h.receive(ServerMessage::ChannelSnapshot {
+        channel: "studio".into(),
+        members: vec![
+            record("alice", Availability::Online, 1),
+            record("bob", Availability::Busy, 1),
+        ],
+        more: false,
+    });
+    // The admin removes alice (this user) from the studio.
+    h.receive(ServerMessage::ChannelMembers {
+        channel: "studio".into(),
+        joined: vec![],
+        left: vec!["alice".into()],
+    });
+    assert!(h.client.channel_members("studio").is_none());
+    assert_eq!(
+        h.client.presence("bob"),
+        None,
+        "no stale member left behind"
+    );
+    assert!(!h.client.channel_subscriptions().any(|c| c == "studio"));
+    // The server refuses the lounge: the error's ref names it.
+    h.receive(ServerMessage::Error {
+        code: ErrorCode::NotAMember,
+        message: "not a member".into(),
+        fatal: false,
+        reference: Some("lounge".into()),
+        retry_after_ms: None,
+    });
+    assert_eq!(h.client.channel_subscriptions().count(), 0);
+}

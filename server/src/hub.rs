@@ -109,8 +109,12 @@ struct UserState {
     shown: Shown,
     last_active_at: Option<u64>,
     since: Option<u64>,
-    /// When the user became invisible, while they are.
+    /// While the user is invisible: the `since` and `last_active_at` watchers keep seeing (those of the moment
+    /// the user vanished, or of their last real offline if they were offline already).
     invisible_since: Option<u64>,
+    invisible_last_active: Option<u64>,
+    /// The choice (by its time) whose message-expiry timer is running.
+    expiry_scheduled: Option<u64>,
     /// Whether the user was ever seen (a never-seen user's record has nulls).
     seen: bool,
     privacy: Privacy,
@@ -127,6 +131,8 @@ impl UserState {
             last_active_at: None,
             since: None,
             invisible_since: None,
+            invisible_last_active: None,
+            expiry_scheduled: None,
             seen: false,
             privacy: Privacy::default(),
             contacts: HashSet::new(),
@@ -181,8 +187,9 @@ fn record_for(user: &UserState, user_id: &str, view: View, version: u64) -> Pres
     match view {
         View::Denied => blank,
         View::Invisible => Presence {
-            last_active_at: last_seen(user.invisible_since),
-            since: user.invisible_since,
+            last_active_at: last_seen(user.invisible_last_active),
+            // For someone offline, `since` is their last seen too.
+            since: last_seen(user.invisible_since),
             ..blank
         },
         View::Own | View::Full => Presence {
@@ -195,7 +202,11 @@ fn record_for(user: &UserState, user_id: &str, view: View, version: u64) -> Pres
             } else {
                 last_seen(user.last_active_at)
             },
-            since: user.since,
+            since: if view == View::Full && user.shown.availability == Availability::Offline {
+                last_seen(user.since)
+            } else {
+                user.since
+            },
             version,
             focus: user.shown.focus.clone(),
         },
@@ -356,11 +367,16 @@ pub(crate) struct Hub {
     state: Mutex<HubState>,
     /// The largest frame sent to clients; snapshots are split to fit.
     max_frame_bytes: usize,
+    /// Whether dropped sessions are kept for a resume (a resume grace is configured).
+    resumable: bool,
     pub(crate) connections_accepted: AtomicU64,
     sessions_started: AtomicU64,
     sessions_resumed: AtomicU64,
     slow_consumers: AtomicU64,
 }
+
+/// The most focus contexts a record carries.
+const MAX_FOCUS_CONTEXTS: usize = 16;
 
 /// Unix time in milliseconds.
 pub(crate) fn unix_millis() -> u64 {
@@ -380,15 +396,16 @@ pub(crate) type WelcomeBuilder<'a> = &'a dyn Fn(&str, bool, Option<Choice>) -> A
 
 impl Default for Hub {
     fn default() -> Self {
-        Hub::new(MAX_FRAME_BYTES)
+        Hub::new(MAX_FRAME_BYTES, true)
     }
 }
 
 impl Hub {
-    pub(crate) fn new(max_frame_bytes: usize) -> Self {
+    pub(crate) fn new(max_frame_bytes: usize, resumable: bool) -> Self {
         Hub {
             state: Mutex::default(),
             max_frame_bytes,
+            resumable,
             connections_accepted: AtomicU64::default(),
             sessions_started: AtomicU64::default(),
             sessions_resumed: AtomicU64::default(),
@@ -475,6 +492,9 @@ impl Hub {
         conn: Conn,
         welcome: WelcomeBuilder<'_>,
     ) -> Option<Attached> {
+        if !self.resumable {
+            return None;
+        }
         let mut guard = self.lock();
         let state = &mut *guard;
         let key = *state.by_public_id.get(public_id)?;
@@ -488,12 +508,9 @@ impl Hub {
         session.generation += 1;
         session.conn = Some(conn.clone());
         let generation = session.generation;
-        if let Some(auto) = intro.auto {
-            session.auto = auto;
-        }
-        if intro.focus.is_some() {
-            session.focus = intro.focus;
-        }
+        // The hello states the session's whole automatic state and focus: absent means active and none.
+        session.auto = intro.auto.unwrap_or_default();
+        session.focus = intro.focus;
         let watched: Vec<(String, u64)> = session
             .watching
             .iter()
@@ -532,15 +549,6 @@ impl Hub {
             }
         }
         self.push_snapshot(&conn, records);
-        // Memberships may have changed while away: every subscribed channel afresh.
-        let channels: Vec<String> = state
-            .sessions
-            .get(&key)
-            .map(|s| s.channels.iter().cloned().collect())
-            .unwrap_or_default();
-        for channel in channels {
-            self.send_channel_snapshot(state, key, &channel, &conn);
-        }
         if choice_changed {
             self.send_choice(state, user_id);
         }
@@ -568,15 +576,13 @@ impl Hub {
 
     /// The resume grace of a detached session ran out: end it, unless it was resumed meanwhile.
     pub(crate) fn expire(&self, key: u64, generation: u64, last_inbound_at: u64) {
-        let detached = {
-            let state = self.lock();
-            state
-                .sessions
-                .get(&key)
-                .is_some_and(|s| s.generation == generation && s.conn.is_none())
-        };
+        let mut guard = self.lock();
+        let detached = guard
+            .sessions
+            .get(&key)
+            .is_some_and(|s| s.generation == generation && s.conn.is_none());
         if detached {
-            self.leave(key, last_inbound_at);
+            self.leave_locked(&mut guard, key, last_inbound_at);
         }
     }
 
@@ -596,11 +602,18 @@ impl Hub {
         }
     }
 
-    /// The user's current choice's message expiry, as (choice time, expiry), if it has one.
+    /// The user's current choice's message expiry, as (choice time, expiry), if it has one and no timer runs for
+    /// it yet; the caller starts the one timer.
     pub(crate) fn message_expiry(&self, user_id: &str) -> Option<(u64, u64)> {
-        let state = self.lock();
-        let (status, chosen_at) = state.users.get(user_id)?.choice.as_ref()?;
-        status.message_expires_at.map(|at| (*chosen_at, at))
+        let mut state = self.lock();
+        let user = state.users.get_mut(user_id)?;
+        let (status, chosen_at) = user.choice.as_ref()?;
+        let (chosen_at, expires_at) = (*chosen_at, status.message_expires_at?);
+        if user.expiry_scheduled == Some(chosen_at) {
+            return None;
+        }
+        user.expiry_scheduled = Some(chosen_at);
+        Some((chosen_at, expires_at))
     }
 
     /// The message of the choice made at `chosen_at` expired: clear it, if that choice still holds.
@@ -857,12 +870,26 @@ impl Hub {
                 session.channels.remove(channel);
             }
             if let Some(conn) = conn {
-                let frame = ServerMessage::ChannelMembers {
-                    channel: channel.to_owned(),
-                    joined: records,
-                    left: left.clone(),
-                };
-                self.push(&conn, frame.encode().into());
+                // Who left (in parts of a few hundred ids), then who joined (records split to fit the limit).
+                for part in left.chunks(400) {
+                    let frame = ServerMessage::ChannelMembers {
+                        channel: channel.to_owned(),
+                        joined: Vec::new(),
+                        left: part.to_vec(),
+                    };
+                    self.push(&conn, frame.encode().into());
+                }
+                if !records.is_empty() {
+                    for frame in split_records(records, self.max_frame_bytes, |joined, _| {
+                        ServerMessage::ChannelMembers {
+                            channel: channel.to_owned(),
+                            joined,
+                            left: Vec::new(),
+                        }
+                    }) {
+                        self.push(&conn, frame.into());
+                    }
+                }
             }
             if own_left {
                 if let Some(c) = state.channels.get_mut(channel) {
@@ -940,9 +967,19 @@ impl Hub {
 
     /// Ends a session. If it was the user's last, the user goes offline with `last_inbound_at` (Unix ms, when
     /// the session's last frame arrived) as their last active time.
-    pub(crate) fn leave(&self, key: u64, last_inbound_at: u64) {
+    /// Only the connection of generation `generation` may end it (an older, taken-over connection may not).
+    pub(crate) fn leave(&self, key: u64, generation: u64, last_inbound_at: u64) {
         let mut guard = self.lock();
-        let state = &mut *guard;
+        if guard
+            .sessions
+            .get(&key)
+            .is_some_and(|s| s.generation == generation)
+        {
+            self.leave_locked(&mut guard, key, last_inbound_at);
+        }
+    }
+
+    fn leave_locked(&self, state: &mut HubState, key: u64, last_inbound_at: u64) {
         let Some(session) = state.sessions.remove(&key) else {
             return;
         };
@@ -1010,6 +1047,7 @@ impl Hub {
         let Some(user) = state.users.get_mut(user_id) else {
             return;
         };
+        let (previous_since, previous_last_active) = (user.since, user.last_active_at);
         if let Some(at) = active_at {
             user.last_active_at = Some(at);
         }
@@ -1018,17 +1056,25 @@ impl Hub {
             let now = unix_millis();
             let was = user.shown.availability;
             if shown.availability == Availability::Invisible && was != Availability::Invisible {
-                user.invisible_since = Some(now);
+                if !user.seen || was == Availability::Offline {
+                    // Connecting invisibly: watchers keep exactly the offline record they had.
+                    user.invisible_since = previous_since;
+                    user.invisible_last_active = previous_last_active;
+                } else {
+                    user.invisible_since = Some(now);
+                    user.invisible_last_active = Some(now);
+                }
             }
             if was == Availability::Invisible && shown.availability == Availability::Offline {
                 // An invisible user who leaves was already offline for watchers: nothing may move.
                 user.since = user.invisible_since;
-                user.last_active_at = user.invisible_since;
+                user.last_active_at = user.invisible_last_active;
             } else if !user.seen || shown.availability != was {
                 user.since = Some(now);
             }
             if shown.availability != Availability::Invisible {
                 user.invisible_since = None;
+                user.invisible_last_active = None;
             }
             if user.last_active_at.is_none() {
                 user.last_active_at = Some(now);
@@ -1148,7 +1194,7 @@ fn apply_choice(user: &mut UserState, mut choice: Choice) -> bool {
     let current = user.choice.as_ref().map(|(_, at)| *at);
     let chosen_at = choice
         .chosen_at
-        .unwrap_or_else(|| now.max(current.map_or(0, |c| c + 1)));
+        .unwrap_or_else(|| now.max(current.map_or(0, |c| c.saturating_add(1))));
     if current.is_some_and(|c| chosen_at <= c) {
         return false;
     }
@@ -1164,11 +1210,13 @@ fn apply_choice(user: &mut UserState, mut choice: Choice) -> bool {
 /// focus contexts of all sessions.
 fn aggregate(choice: Option<&Status>, sessions: &[&SessionState]) -> Shown {
     let choice = choice.cloned().unwrap_or_default();
+    // At most MAX_FOCUS_CONTEXTS, so that a record always fits in a frame however many devices a user has.
     let focus: Vec<String> = sessions
         .iter()
         .filter_map(|s| s.focus.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
+        .take(MAX_FOCUS_CONTEXTS)
         .collect();
     let shown = |availability, message: Option<String>| Shown {
         availability,

@@ -191,10 +191,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let addr = listener.local_addr().map_err(bind_error)?;
 
     let max_frame_bytes = config.max_frame_bytes;
+    let resumable = !config.resume_grace.is_zero();
     let ctx = Arc::new(Context {
         config,
         auth,
-        hub: hub::Hub::new(max_frame_bytes),
+        hub: hub::Hub::new(max_frame_bytes, resumable),
         drain: CancellationToken::new(),
         kill: CancellationToken::new(),
         tracker: TaskTracker::new(),

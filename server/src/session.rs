@@ -260,8 +260,14 @@ enum End {
 fn finish(ctx: &Arc<Context>, attached: &Attached, end: End, last_inbound_at: u64) {
     let grace = ctx.config.resume_grace;
     match end {
-        End::Bye | End::ServerStopping => ctx.hub.leave(attached.key, last_inbound_at),
-        End::Dropped if grace.is_zero() => ctx.hub.leave(attached.key, last_inbound_at),
+        End::Bye | End::ServerStopping => {
+            ctx.hub
+                .leave(attached.key, attached.generation, last_inbound_at)
+        }
+        End::Dropped if grace.is_zero() => {
+            ctx.hub
+                .leave(attached.key, attached.generation, last_inbound_at)
+        }
         End::Dropped => {
             if ctx.hub.detach(attached.key, attached.generation) {
                 let (ctx, key, generation) = (ctx.clone(), attached.key, attached.generation);
@@ -353,6 +359,7 @@ fn schedule_message_expiry(ctx: &Arc<Context>, user_id: &str) {
 fn validate_choice(mut choice: Choice) -> Result<Choice, ValidationError> {
     choice.status = protocol::normalize_status(choice.status);
     protocol::validate_status(&choice.status)?;
+    protocol::validate_times(&choice)?;
     Ok(choice)
 }
 
@@ -665,7 +672,8 @@ impl Connection {
                                 "channel {channel:?} would exceed 100 channels for this session"
                             ),
                         };
-                        self.error(code, message, None);
+                        // The error's ref names the channel (protocol section 7).
+                        self.error(code, message, Some(channel));
                     }
                 }
             }

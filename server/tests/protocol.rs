@@ -1166,10 +1166,13 @@ async fn channels_give_a_snapshot_then_updates_joins_and_leaves() {
     assert_eq!(alice.update().await["availability"], "away");
     // Joins and leaves.
     server.set_channel_members("studio", ["alice", "bob", "dave"]);
-    let change = alice.recv().await;
-    assert_eq!(change["type"], "channel_members");
-    assert_eq!(change["joined"][0]["user_id"], "dave");
-    assert_eq!(change["left"], json!(["carol"]));
+    // Who left, then who joined.
+    let left = alice.recv().await;
+    assert_eq!(left["type"], "channel_members");
+    assert_eq!(left["left"], json!(["carol"]));
+    let joined = alice.recv().await;
+    assert_eq!(joined["type"], "channel_members");
+    assert_eq!(joined["joined"][0]["user_id"], "dave");
     // A member who left is no longer watched; one who joined is.
     let mut carol = Raw::session(&server, "carol").await;
     let mut dave = Raw::session(&server, "dave").await;
@@ -1219,7 +1222,7 @@ async fn privacy_holds_in_channels_too() {
 }
 
 #[tokio::test]
-async fn a_resumed_session_gets_its_channels_afresh() {
+async fn after_a_resume_channels_are_subscribed_afresh() {
     let mut c = config();
     c.resume_grace = Duration::from_secs(10);
     let server = server_with(c).await;
@@ -1245,6 +1248,10 @@ async fn a_resumed_session_gets_its_channels_afresh() {
         true
     );
     assert_eq!(alice.recv().await["type"], "snapshot");
+    // Clients subscribe their channels again after every welcome; the answer reflects today's members.
+    alice
+        .send(json!({"type": "subscribe_channels", "channels": ["studio"]}))
+        .await;
     let channel = alice.recv().await;
     assert_eq!(channel["type"], "channel_snapshot");
     let ids: Vec<&str> = channel["members"]
@@ -1254,4 +1261,97 @@ async fn a_resumed_session_gets_its_channels_afresh() {
         .map(|m| m["user_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["alice", "bob", "erin"]);
+}
+
+#[tokio::test]
+async fn connecting_invisibly_leaves_no_trace_for_watchers() {
+    let server = server().await;
+    let (mut watcher, _) = watching(&server, "watcher", &["bob"]).await;
+    let mut bob = Raw::session(&server, "bob").await;
+    assert_eq!(watcher.update().await["availability"], "online");
+    bob.send(json!({"type": "bye"})).await;
+    let offline = watcher.update().await;
+    assert_eq!(offline["availability"], "offline");
+    // Bob comes back invisible: watchers receive nothing at all.
+    let mut ghost = Raw::connect(&server).await;
+    ghost
+        .hello("bob", Some(json!({"availability": "invisible"})))
+        .await;
+    nothing_changed(&mut watcher, "an invisible arrival").await;
+    watcher
+        .send(json!({"type": "query", "ref": "q", "users": ["bob"]}))
+        .await;
+    let seen = watcher.recv().await["users"][0].clone();
+    assert_eq!(
+        (&seen["since"], &seen["last_active_at"]),
+        (&offline["since"], &offline["last_active_at"]),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn a_resume_without_an_automatic_state_means_active() {
+    let mut c = config();
+    c.resume_grace = Duration::from_secs(10);
+    let server = server_with(c).await;
+    let (mut watcher, _) = watching(&server, "watcher", &["bob"]).await;
+    let mut bob = Raw::connect(&server).await;
+    let id = bob.hello("bob", None).await["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(watcher.update().await["availability"], "online");
+    bob.send(json!({"type": "set_auto", "state": "idle"})).await;
+    assert_eq!(watcher.update().await["availability"], "away");
+    drop(bob);
+    eventually("the session waiting for a resume", || {
+        server.stats().sessions_detached == 1
+    })
+    .await;
+    // The laptop wakes up active and resumes: its hello has no `auto`.
+    let mut bob = Raw::connect(&server).await;
+    assert_eq!(bob.hello_resume("bob", &id, 0).await["resumed"], true);
+    assert_eq!(watcher.update().await["availability"], "online");
+}
+
+#[tokio::test]
+async fn hidden_last_seen_also_hides_when_an_offline_user_left() {
+    let server = server().await;
+    let (mut watcher, _) = watching(&server, "watcher", &["bob"]).await;
+    let mut bob = Raw::session(&server, "bob").await;
+    let _ = watcher.update().await;
+    bob.send(json!({"type": "set_privacy", "visibility": "everyone", "hide_last_seen": true}))
+        .await;
+    bob.send(json!({"type": "bye"})).await;
+    let offline = loop {
+        let update = watcher.update().await;
+        if update["availability"] == "offline" {
+            break update;
+        }
+    };
+    assert!(
+        offline["since"].is_null() && offline["last_active_at"].is_null(),
+        "{offline}"
+    );
+}
+
+#[tokio::test]
+async fn a_choice_from_the_far_future_is_refused() {
+    let server = server().await;
+    let mut raw = Raw::session(&server, "alice").await;
+    raw.send(json!({"type": "set_status", "ref": "f", "availability": "busy", "chosen_at": 9_007_199_254_740_991u64})).await;
+    let error = raw.recv().await;
+    assert_eq!(
+        (error["code"].as_str(), error["ref"].as_str()),
+        (Some("invalid_status"), Some("f"))
+    );
+    raw.send(json!({"type": "set_status", "availability": "away"}))
+        .await;
+    raw.send(json!({"type": "query", "ref": "q", "users": ["alice"]}))
+        .await;
+    assert_eq!(
+        raw.recv().await["users"][0]["availability"],
+        "away",
+        "later choices still win"
+    );
 }
