@@ -35,11 +35,26 @@ fn the_committed_header_is_current() {
     );
 }
 
+/// Builds `libpresently.a` for this profile (cargo does not build a library without an rlib for its tests), so
+/// that the C programs never link a stale one.
+fn build_library() -> PathBuf {
+    let dir = library_dir();
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "-p", "presently-ffi", "--lib"]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo");
+    assert!(status.success(), "building libpresently failed");
+    let library = dir.join("libpresently.a");
+    assert!(library.exists(), "{} was not built", library.display());
+    library
+}
+
 /// Compiles `source` against the static library with the given extra flags; returns the binary.
 fn compile(source: &str, name: &str, flags: &[&str]) -> PathBuf {
     let out = library_dir().join(name);
-    let library = library_dir().join("libpresently.a");
-    assert!(library.exists(), "{} was not built", library.display());
+    let library = build_library();
     let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(flags)
         .arg("-std=c11")
