@@ -113,7 +113,9 @@ size_t presently_result_message(enum PresentlyResult result,
 
 // Creates a client for `url` (ws:// or wss://) with `token`, and names the application (`app_name`,
 // `app_version`, `platform`; each at most 64 bytes). Writes the new client to `*out` on success; free it with
-// `presently_client_free`. The client does not connect until `presently_client_connect`.
+// `presently_client_free`. The client does not connect until `presently_client_connect`. Clients created with
+// the same URL and token (several plugin instances of one user in one process) share one connection; each gets
+// its own events.
 // Any thread except the library's own (the event callback); never blocks.
 enum PresentlyResult presently_client_new(const char *url,
                                           const char *token,
@@ -169,7 +171,8 @@ enum PresentlyResult presently_client_snooze_dnd(const struct PresentlyClient *c
 // Ends a snooze early. Any thread; never blocks.
 enum PresentlyResult presently_client_end_snooze(const struct PresentlyClient *client);
 
-// Says goodbye and closes the connection; the client stays usable (connect again) until freed. Returns at once.
+// Says goodbye and closes the connection, unless other clients share it (then this does nothing: the last of
+// them to close or be freed ends it); the client stays usable (connect again) until freed. Returns at once.
 // Any thread; never blocks.
 enum PresentlyResult presently_client_close(const struct PresentlyClient *client);
 

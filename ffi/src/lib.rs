@@ -12,10 +12,10 @@
 //!   starts with the first client and stops when the last client is freed.
 #![allow(clippy::missing_safety_doc)] // The safety contract is the header's documentation of each function.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use presently_sdk::{Activity, Availability, ConnectionState, Event, Status};
@@ -244,8 +244,21 @@ struct Delivery {
     wake: Option<Callback<unsafe extern "C" fn(*mut c_void)>>,
 }
 
+/// One connection shared by every client created with the same URL and token (plugin instances of one user in
+/// one DAW), with how many of those clients watch each user.
+struct SharedConnection {
+    client: presently_sdk::Client,
+    watchers: Mutex<HashMap<String, usize>>,
+}
+
+/// Live shared connections by (URL, token).
+static SHARED: Mutex<Vec<((String, String), Weak<SharedConnection>)>> = Mutex::new(Vec::new());
+
 /// A presence client (opaque).
 pub struct PresentlyClient {
+    shared: Arc<SharedConnection>,
+    /// The users this client watches (its share of `SharedConnection::watchers`).
+    watching: Mutex<Vec<String>>,
     client: presently_sdk::Client,
     runtime: tokio::runtime::Handle,
     delivery: Arc<Mutex<Delivery>>,
@@ -281,7 +294,9 @@ fn deliver(delivery: &Mutex<Delivery>, event: Event) {
 
 /// Creates a client for `url` (ws:// or wss://) with `token`, and names the application (`app_name`,
 /// `app_version`, `platform`; each at most 64 bytes). Writes the new client to `*out` on success; free it with
-/// `presently_client_free`. The client does not connect until `presently_client_connect`.
+/// `presently_client_free`. The client does not connect until `presently_client_connect`. Clients created with
+/// the same URL and token (several plugin instances of one user in one process) share one connection; each gets
+/// its own events.
 /// Any thread except the library's own (the event callback); never blocks.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn presently_client_new(
@@ -316,23 +331,44 @@ pub unsafe extern "C" fn presently_client_new(
             Ok(runtime) => runtime,
             Err(e) => return e,
         };
-        let built = {
-            let _context = runtime.enter();
-            presently_sdk::Client::builder(url)
-                .token(token)
-                .client_info(presently_sdk::ClientInfo::new(name, version, platform))
-                .build()
-        };
-        let client = match built {
-            Ok(client) => client,
-            Err(e) => {
-                release_runtime();
-                return match e {
-                    presently_sdk::Error::InvalidUrl { .. } => PresentlyResult::InvalidUrl,
-                    _ => PresentlyResult::InvalidArgument,
+        let key = (url.to_owned(), token.to_owned());
+        let mut registry = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        registry.retain(|(_, weak)| weak.strong_count() > 0);
+        let existing = registry
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, weak)| weak.upgrade());
+        let shared = match existing {
+            Some(shared) => shared,
+            None => {
+                let built = {
+                    let _context = runtime.enter();
+                    presently_sdk::Client::builder(url)
+                        .token(token)
+                        .client_info(presently_sdk::ClientInfo::new(name, version, platform))
+                        .build()
                 };
+                let client = match built {
+                    Ok(client) => client,
+                    Err(e) => {
+                        drop(registry);
+                        release_runtime();
+                        return match e {
+                            presently_sdk::Error::InvalidUrl { .. } => PresentlyResult::InvalidUrl,
+                            _ => PresentlyResult::InvalidArgument,
+                        };
+                    }
+                };
+                let shared = Arc::new(SharedConnection {
+                    client,
+                    watchers: Mutex::new(HashMap::new()),
+                });
+                registry.push((key, Arc::downgrade(&shared)));
+                shared
             }
         };
+        drop(registry);
+        let client = shared.client.clone();
         let delivery = Arc::new(Mutex::new(Delivery::default()));
         let forwarder = {
             let (mut stream, delivery) = (client.events(), delivery.clone());
@@ -344,6 +380,8 @@ pub unsafe extern "C" fn presently_client_new(
             })
         };
         let handle = Box::new(PresentlyClient {
+            shared,
+            watching: Mutex::new(Vec::new()),
             client,
             runtime,
             delivery,
@@ -366,17 +404,25 @@ pub unsafe extern "C" fn presently_client_free(client: *mut PresentlyClient) {
         // SAFETY: `client` came from `presently_client_new` and is freed once, as documented.
         let client = unsafe { Box::from_raw(client) };
         let PresentlyClient {
+            shared,
+            watching,
             client,
             runtime,
             forwarder,
             ..
         } = *client;
-        let closing = client.clone();
-        let _ = runtime.block_on(async move {
-            tokio::time::timeout(Duration::from_secs(2), closing.close()).await
-        });
         forwarder.abort();
+        let watching = watching.into_inner().unwrap_or_else(|p| p.into_inner());
+        unwatch(&shared, &watching);
+        // The last client of a shared connection says goodbye; the others leave it to the rest.
+        if Arc::strong_count(&shared) == 1 {
+            let closing = client.clone();
+            let _ = runtime.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(2), closing.close()).await
+            });
+        }
         drop(client);
+        drop(shared);
         release_runtime();
         PresentlyResult::Ok
     });
@@ -489,7 +535,20 @@ pub unsafe extern "C" fn presently_client_subscribe(
     // SAFETY: see `with_client` and `user_list`.
     unsafe {
         with_client(client, |c| match user_list(users, count) {
-            Ok(users) => from_sdk(c.client.subscribe(users)),
+            Ok(users) => {
+                let result = from_sdk(c.client.subscribe(users.iter().cloned()));
+                if result == PresentlyResult::Ok {
+                    let mut mine = c.watching.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut all = c.shared.watchers.lock().unwrap_or_else(|p| p.into_inner());
+                    for user in users {
+                        if !mine.contains(&user) {
+                            *all.entry(user.clone()).or_default() += 1;
+                            mine.push(user);
+                        }
+                    }
+                }
+                result
+            }
             Err(e) => e,
         })
     }
@@ -506,11 +565,35 @@ pub unsafe extern "C" fn presently_client_unsubscribe(
     unsafe {
         with_client(client, |c| match user_list(users, count) {
             Ok(users) => {
-                c.client.unsubscribe(users);
+                let mut mine = c.watching.lock().unwrap_or_else(|p| p.into_inner());
+                let mine_now: Vec<String> =
+                    users.into_iter().filter(|u| mine.contains(u)).collect();
+                mine.retain(|u| !mine_now.contains(u));
+                drop(mine);
+                unwatch(&c.shared, &mine_now);
                 PresentlyResult::Ok
             }
             Err(e) => e,
         })
+    }
+}
+
+/// Takes a client's share of watching `users`: the connection stops watching those no other client watches.
+fn unwatch(shared: &SharedConnection, users: &[String]) {
+    let mut all = shared.watchers.lock().unwrap_or_else(|p| p.into_inner());
+    let mut unwatched = Vec::new();
+    for user in users {
+        if let Some(count) = all.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                all.remove(user);
+                unwatched.push(user.clone());
+            }
+        }
+    }
+    drop(all);
+    if !unwatched.is_empty() {
+        shared.client.unsubscribe(unwatched);
     }
 }
 
@@ -588,15 +671,18 @@ pub unsafe extern "C" fn presently_client_end_snooze(
     }
 }
 
-/// Says goodbye and closes the connection; the client stays usable (connect again) until freed. Returns at once.
+/// Says goodbye and closes the connection, unless other clients share it (then this does nothing: the last of
+/// them to close or be freed ends it); the client stays usable (connect again) until freed. Returns at once.
 /// Any thread; never blocks.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn presently_client_close(client: *const PresentlyClient) -> PresentlyResult {
     // SAFETY: see `with_client`.
     unsafe {
         with_client(client, |c| {
-            let sdk = c.client.clone();
-            c.runtime.spawn(async move { sdk.close().await });
+            if Arc::strong_count(&c.shared) == 1 {
+                let sdk = c.client.clone();
+                c.runtime.spawn(async move { sdk.close().await });
+            }
             PresentlyResult::Ok
         })
     }

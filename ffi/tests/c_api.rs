@@ -111,6 +111,8 @@ fn a_c_program_runs_clean_under_address_sanitizer() {
         !stderr.contains("ERROR: AddressSanitizer") && !stderr.contains("LeakSanitizer"),
         "{stderr}"
     );
+    // Alice, Carol and Dave (one token) shared a connection; Bob had his own.
+    assert_eq!(server.stats().sessions_started, 2, "{:?}", server.stats());
     runtime.block_on(server.shutdown());
 }
 

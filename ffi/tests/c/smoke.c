@@ -1,8 +1,9 @@
 /* libpresently from C: argument checks, a status change seen by another client, create/free cycles.
  * Usage: smoke URL TOKEN_ALICE TOKEN_BOB. Exits 0 on success; run under AddressSanitizer by the test. */
-#define _POSIX_C_SOURCE 199309L
+#define _DEFAULT_SOURCE
 #include "presently.h"
 
+#include <dirent.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -45,6 +46,17 @@ static void *hammer(void *client) {
     presently_client_record_activity(client);
   }
   return NULL;
+}
+
+/* Threads of this process (Linux: /proc/self/task), or -1 where that cannot be read. */
+static int thread_count(void) {
+  DIR *dir = opendir("/proc/self/task");
+  if (!dir) return -1;
+  int n = 0;
+  struct dirent *entry;
+  while ((entry = readdir(dir)) != NULL) n += entry->d_name[0] != '.';
+  closedir(dir);
+  return n;
 }
 
 int main(int argc, char **argv) {
@@ -149,10 +161,13 @@ int main(int argc, char **argv) {
         "a status while others record activity");
   for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
 
+  /* Alice, Carol and Dave use one token: one shared connection, each with its own events (above). */
   presently_client_free(carol);
   presently_client_free(dave);
   presently_client_free(alice);
   presently_client_free(bob);
+  int remaining = thread_count();
+  CHECK(remaining == -1 || remaining == 1, "no library thread left after the last client: %d threads", remaining);
   printf("ok\n");
   return 0;
 }
