@@ -251,8 +251,11 @@ struct SharedConnection {
     watchers: Mutex<HashMap<String, usize>>,
 }
 
-/// Live shared connections by (URL, token).
-static SHARED: Mutex<Vec<((String, String), Weak<SharedConnection>)>> = Mutex::new(Vec::new());
+/// A shared connection's key: (URL, token).
+type ConnectionKey = (String, String);
+
+/// Live shared connections by key.
+static SHARED: Mutex<Vec<(ConnectionKey, Weak<SharedConnection>)>> = Mutex::new(Vec::new());
 
 /// A presence client (opaque).
 pub struct PresentlyClient {
