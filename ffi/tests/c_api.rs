@@ -1,11 +1,10 @@
 //! The C library from C: the committed header is current, and a C program runs under AddressSanitizer against
 //! an in-process reference server with no errors and no leaks.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
-
-const SECRET: &[u8] = b"ffi test secret, at least 16 bytes";
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -76,12 +75,8 @@ fn compile(source: &str, name: &str, flags: &[&str]) -> PathBuf {
 #[test]
 fn a_c_program_runs_clean_under_address_sanitizer() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(presently_server::start(
-            presently_server::ServerConfig::new("127.0.0.1:0".parse().unwrap(), SECRET.to_vec()),
-        ))
-        .unwrap();
-    let token = |user: &str| server.mint_token(user, Duration::from_secs(600)).unwrap();
+    let server = common::start_server(&runtime);
+    let token = |user: &str| common::token(&server, user);
     let binary = compile(
         "tests/c/smoke.c",
         "presently-smoke-asan",
@@ -119,12 +114,8 @@ fn a_c_program_runs_clean_under_address_sanitizer() {
 #[test]
 fn a_c_program_runs_clean_under_valgrind() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(presently_server::start(
-            presently_server::ServerConfig::new("127.0.0.1:0".parse().unwrap(), SECRET.to_vec()),
-        ))
-        .unwrap();
-    let token = |user: &str| server.mint_token(user, Duration::from_secs(600)).unwrap();
+    let server = common::start_server(&runtime);
+    let token = |user: &str| common::token(&server, user);
     let binary = compile("tests/c/smoke.c", "presently-smoke-plain", &["-g", "-O1"]);
     let output = Command::new("valgrind")
         .args([

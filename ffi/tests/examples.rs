@@ -2,13 +2,12 @@
 //! pkg-config and `find_package(Presently)`, then examples/cpp and examples/juce built with CMake and run against
 //! an in-process server.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use presently_sdk::{Availability, Status};
-
-const SECRET: &[u8] = b"example test secret, 16+ bytes long";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -80,12 +79,8 @@ fn build_example(example: &str, work: &Path, prefix: &Path) -> PathBuf {
 /// Runs `binary URL TOKEN bob carol 10` with Bob online and busy ("Tracking") and Carol never connected.
 fn run_against_server(binary: &Path) -> String {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = runtime
-        .block_on(presently_server::start(
-            presently_server::ServerConfig::new("127.0.0.1:0".parse().unwrap(), SECRET.to_vec()),
-        ))
-        .unwrap();
-    let token = |user: &str| server.mint_token(user, Duration::from_secs(600)).unwrap();
+    let server = common::start_server(&runtime);
+    let token = |user: &str| common::token(&server, user);
     let bob = runtime.block_on(async {
         let bob = presently_sdk::Client::builder(server.ws_url())
             .token(token("bob"))
