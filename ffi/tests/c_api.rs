@@ -139,3 +139,27 @@ fn a_c_program_runs_clean_under_valgrind() {
     assert!(stdout.contains("ok"), "{stdout}");
     runtime.block_on(server.shutdown());
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn record_activity_allocates_nothing_from_c() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = common::start_server(&runtime);
+    let binary = compile("tests/c/alloc_count.c", "presently-alloc-count", &["-O1"]);
+    let output = Command::new(&binary)
+        .args([server.ws_url(), common::token(&server, "alice")])
+        .output()
+        .expect("run the C program");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("allocations during 1000000 record_activity calls: 0"),
+        "{stdout}"
+    );
+    print!("{stdout}");
+    runtime.block_on(server.shutdown());
+}
