@@ -528,10 +528,13 @@ impl Client {
     pub fn set_status(&mut self, status: Status, now: Instant) -> Result<(), ValidationError> {
         let status = protocol::normalize_status(status);
         protocol::validate_status(&status)?;
-        protocol::validate_times(&Choice {
-            status: status.clone(),
-            chosen_at: None,
-        })?;
+        protocol::validate_times(
+            &Choice {
+                status: status.clone(),
+                chosen_at: None,
+            },
+            self.automation.unix_ms_at(now),
+        )?;
         if self.manual.as_ref() != Some(&status) {
             self.message_expiry = status
                 .message_expires_at

@@ -1015,24 +1015,22 @@ pub fn validate_focus(context: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// The latest time a choice may claim (`chosen_at`) or a message may expire at: a day ahead of `now_ms` for
-/// `chosen_at` (clock skew), a year ahead for `message_expires_at`; both within 2^53 − 1.
-pub fn validate_times(choice: &Choice) -> Result<(), ValidationError> {
+/// Checks the times a choice carries: within 2^53 − 1, `chosen_at` at most a day ahead of `now_ms` (clock skew)
+/// and `message_expires_at` at most a year ahead. `now_ms` is the caller's wall clock in Unix milliseconds (this
+/// crate reads no clock); without it only the 2^53 − 1 bound is checked.
+pub fn validate_times(choice: &Choice, now_ms: Option<u64>) -> Result<(), ValidationError> {
     const MAX_WIRE_INTEGER: u64 = (1 << 53) - 1;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let day = 86_400_000;
-    if choice
-        .chosen_at
-        .is_some_and(|t| t > MAX_WIRE_INTEGER || t > now.saturating_add(day))
-    {
+    const DAY_MS: u64 = 86_400_000;
+    let too_late = |t: u64, ahead: u64| {
+        t > MAX_WIRE_INTEGER || now_ms.is_some_and(|now| t > now.saturating_add(ahead))
+    };
+    if choice.chosen_at.is_some_and(|t| too_late(t, DAY_MS)) {
         return Err(ValidationError::TimeOutOfRange("chosen_at"));
     }
     if choice
         .status
         .message_expires_at
-        .is_some_and(|t| t > MAX_WIRE_INTEGER || t > now.saturating_add(365 * day))
+        .is_some_and(|t| too_late(t, 365 * DAY_MS))
     {
         return Err(ValidationError::TimeOutOfRange("message_expires_at"));
     }
@@ -1404,6 +1402,24 @@ mod tests {
                 .to_string()
                 .contains("200 characters")
         );
+    }
+
+    #[test]
+    fn times_are_bounded_against_the_callers_clock() {
+        let now = 1_800_000_000_000;
+        let choice = |chosen_at, expires| Choice {
+            status: Status {
+                message_expires_at: expires,
+                ..Status::new(Availability::Busy).with_message("m")
+            },
+            chosen_at,
+        };
+        assert!(validate_times(&choice(Some(now + 3_600_000), None), Some(now)).is_ok());
+        assert!(validate_times(&choice(Some(now + 2 * 86_400_000), None), Some(now)).is_err());
+        assert!(validate_times(&choice(None, Some(now + 400 * 86_400_000)), Some(now)).is_err());
+        // Without a wall clock only the wire bound applies.
+        assert!(validate_times(&choice(Some(now + 2 * 86_400_000), None), None).is_ok());
+        assert!(validate_times(&choice(Some(1 << 53), None), None).is_err());
     }
 
     #[test]

@@ -359,7 +359,7 @@ fn schedule_message_expiry(ctx: &Arc<Context>, user_id: &str) {
 fn validate_choice(mut choice: Choice) -> Result<Choice, ValidationError> {
     choice.status = protocol::normalize_status(choice.status);
     protocol::validate_status(&choice.status)?;
-    protocol::validate_times(&choice)?;
+    protocol::validate_times(&choice, Some(unix_millis()))?;
     Ok(choice)
 }
 
