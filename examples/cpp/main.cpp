@@ -18,6 +18,16 @@ struct ClientDeleter {
 };
 using Client = std::unique_ptr<PresentlyClient, ClientDeleter>;
 
+struct ConfigDeleter {
+  void operator()(PresentlyConfig *config) const { presently_config_free(config); }
+};
+using Config = std::unique_ptr<PresentlyConfig, ConfigDeleter>;
+
+struct ScheduleDeleter {
+  void operator()(PresentlyDndSchedule *schedule) const { presently_dnd_schedule_free(schedule); }
+};
+using Schedule = std::unique_ptr<PresentlyDndSchedule, ScheduleDeleter>;
+
 struct EventDeleter {
   void operator()(PresentlyEvent *event) const { presently_event_free(event); }
 };
@@ -36,9 +46,9 @@ const char *name(PresentlyAvailability availability) {
 
 bool ok(PresentlyResult result, const char *what) {
   if (result == PRESENTLY_RESULT_OK) return true;
-  char message[128];
-  presently_result_message(result, message, sizeof message);
-  std::fprintf(stderr, "%s: %s\n", what, message);
+  char detail[256];
+  presently_last_error_message(detail, sizeof detail);
+  std::fprintf(stderr, "%s: %s\n", what, detail);
   return false;
 }
 
@@ -52,8 +62,23 @@ int main(int argc, char **argv) {
   const int seconds = argc > 5 ? std::stoi(argv[5]) : 10;
   std::printf("libpresently %s\n", presently_version());
 
+  // Settings: who we are, when to go away, and quiet hours on weekday nights in Berlin.
+  PresentlyConfig *raw_config = nullptr;
+  if (!ok(presently_config_new(argv[1], &raw_config), "config")) return 1;
+  Config config(raw_config);
+  PresentlyDndSchedule *raw_schedule = nullptr;
+  if (!ok(presently_dnd_schedule_new("Europe/Berlin", &raw_schedule), "schedule")) return 1;
+  Schedule schedule(raw_schedule);
+  if (!ok(presently_dnd_schedule_add_window(schedule.get(), "weekdays", "22:00", "07:00"), "window") ||
+      !ok(presently_config_set_token(config.get(), argv[2]), "token") ||
+      !ok(presently_config_set_client_info(config.get(), "cpp-example", "1.0", "linux"), "client info") ||
+      !ok(presently_config_set_idle_timeout_ms(config.get(), 5 * 60 * 1000), "idle timeout") ||
+      !ok(presently_config_set_dnd_schedule(config.get(), schedule.get()), "dnd schedule")) {
+    return 1;
+  }
+
   PresentlyClient *raw = nullptr;
-  if (!ok(presently_client_new(argv[1], argv[2], "cpp-example", "1.0", "linux", &raw), "create")) return 1;
+  if (!ok(presently_client_new(config.get(), &raw), "create")) return 1;
   Client client(raw);
   const char *watch[] = {argv[3], argv[4]};
   if (!ok(presently_client_subscribe(client.get(), watch, 2), "subscribe")) return 1;

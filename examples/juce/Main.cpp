@@ -81,11 +81,21 @@ int main(int argc, char *argv[]) {
   auto *messageManager = juce::MessageManager::getInstance();
   messageManager->setCurrentThreadAsMessageThread();
 
+  // The plugin's settings: its name, and away after 5 minutes without activity (MIDI, mouse, transport).
+  PresentlyConfig *config = nullptr;
   PresentlyClient *client = nullptr;
-  if (presently_client_new(argv[1], argv[2], "juce-example", "1.0", "juce-linux", &client) != PRESENTLY_RESULT_OK) {
-    std::fprintf(stderr, "cannot create the client\n");
+  if (presently_config_new(argv[1], &config) != PRESENTLY_RESULT_OK ||
+      presently_config_set_token(config, argv[2]) != PRESENTLY_RESULT_OK ||
+      presently_config_set_client_info(config, "juce-example", "1.0", "juce-linux") != PRESENTLY_RESULT_OK ||
+      presently_config_set_idle_timeout_ms(config, 5 * 60 * 1000) != PRESENTLY_RESULT_OK ||
+      presently_client_new(config, &client) != PRESENTLY_RESULT_OK) {
+    char detail[256];
+    presently_last_error_message(detail, sizeof detail);
+    std::fprintf(stderr, "cannot create the client: %s\n", detail);
+    presently_config_free(config);
     return 1;
   }
+  presently_config_free(config);
   const char *watch[] = {argv[3], argv[4]};
   presently_client_subscribe(client, watch, 2);
   presently_client_set_status(client, PRESENTLY_AVAILABILITY_BUSY, "Tracking vocals", "in_studio", "JUCE host");

@@ -72,25 +72,18 @@ fn compile(source: &str, name: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
-#[test]
-fn a_c_program_runs_clean_under_address_sanitizer() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = common::start_server(&runtime);
-    let token = |user: &str| common::token(&server, user);
-    let binary = compile(
-        "tests/c/smoke.c",
-        "presently-smoke-asan",
-        &["-fsanitize=address", "-fno-omit-frame-pointer", "-g"],
-    );
-    let output = Command::new(&binary)
-        .args([server.ws_url(), token("alice"), token("bob")])
+/// Runs `command` (the smoke program, maybe under valgrind) with `args`; returns its stdout after checking that
+/// it succeeded and that no sanitizer spoke.
+fn run_smoke(mut command: Command, args: &[String]) -> String {
+    let output = command
+        .args(args)
         .env(
             "ASAN_OPTIONS",
             "detect_leaks=1:abort_on_error=0:exitcode=23",
         )
         .output()
-        .expect("run the C program");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+        .expect("run the C program (valgrind comes from the Debian package valgrind)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     print!("{stdout}");
     assert!(
@@ -98,46 +91,63 @@ fn a_c_program_runs_clean_under_address_sanitizer() {
         "the C program failed ({:?}):\n{stdout}\n{stderr}",
         output.status
     );
-    assert!(
-        stdout.contains("alice sees bob: busy \"Mixing\" (in_studio: Ableton Live 12)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("ok"), "{stdout}");
     assert!(
         !stderr.contains("ERROR: AddressSanitizer") && !stderr.contains("LeakSanitizer"),
         "{stderr}"
     );
-    // Alice, Carol and Dave (one token) shared a connection; Bob had his own.
+    stdout
+}
+
+/// The whole smoke scenario, then the create/free cycles, each in a fresh process made by `command`.
+fn smoke(command: impl Fn() -> Command) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = common::start_server(&runtime);
+    let token = |user: &str| common::token(&server, user);
+    let stdout = run_smoke(command(), &[server.ws_url(), token("alice"), token("bob")]);
+    assert!(
+        stdout.contains("sees bob: busy \"Mixing\" (in_studio: Ableton Live 12)"),
+        "{stdout}"
+    );
+    // Alice, Carol, Dave and Erin (one configuration) shared a connection; Bob had his own.
     assert_eq!(server.stats().sessions_started, 2, "{:?}", server.stats());
+    let stdout = run_smoke(
+        command(),
+        &["--cycles".into(), server.ws_url(), token("carol")],
+    );
+    assert!(
+        stdout.contains("1020 create/connect/free cycles"),
+        "{stdout}"
+    );
     runtime.block_on(server.shutdown());
 }
 
 #[test]
-fn a_c_program_runs_clean_under_valgrind() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let server = common::start_server(&runtime);
-    let token = |user: &str| common::token(&server, user);
-    let binary = compile("tests/c/smoke.c", "presently-smoke-plain", &["-g", "-O1"]);
-    let output = Command::new("valgrind")
-        .args([
-            "--quiet",
-            "--leak-check=full",
-            "--show-leak-kinds=definite,indirect",
-            "--errors-for-leak-kinds=definite,indirect",
-            "--error-exitcode=23",
-        ])
-        .arg(&binary)
-        .args([server.ws_url(), token("alice"), token("bob")])
-        .output()
-        .expect("valgrind (Debian package valgrind) must be installed to run this test");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "valgrind found problems ({:?}):\n{stdout}\n{stderr}",
-        output.status
+fn a_c_program_runs_clean_under_address_sanitizer() {
+    let binary = compile(
+        "tests/c/smoke.c",
+        "presently-smoke-asan",
+        &["-fsanitize=address", "-fno-omit-frame-pointer", "-g"],
     );
-    assert!(stdout.contains("ok"), "{stdout}");
-    runtime.block_on(server.shutdown());
+    smoke(|| Command::new(&binary));
+}
+
+#[test]
+fn a_c_program_runs_clean_under_valgrind() {
+    let binary = compile("tests/c/smoke.c", "presently-smoke-plain", &["-g", "-O1"]);
+    smoke(|| {
+        let mut valgrind = Command::new("valgrind");
+        valgrind
+            .args([
+                "--quiet",
+                "--leak-check=full",
+                "--show-leak-kinds=definite,indirect",
+                "--errors-for-leak-kinds=definite,indirect",
+                "--error-exitcode=23",
+            ])
+            .arg(&binary);
+        valgrind
+    });
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

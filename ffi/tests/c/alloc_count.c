@@ -29,8 +29,12 @@ void free(void *p) { __libc_free(p); }
 
 int main(int argc, char **argv) {
   if (argc != 3) return 2;
+  PresentlyConfig *config = NULL;
   PresentlyClient *client = NULL;
-  if (presently_client_new(argv[1], argv[2], "alloc-count", "1", "c", &client) != PRESENTLY_RESULT_OK) return 1;
+  if (presently_config_new(argv[1], &config) != PRESENTLY_RESULT_OK) return 1;
+  if (presently_config_set_token(config, argv[2]) != PRESENTLY_RESULT_OK) return 1;
+  if (presently_client_new(config, &client) != PRESENTLY_RESULT_OK) return 1;
+  presently_config_free(config);
   /* The counter works: creating a client allocates. */
   if (allocations == 0) {
     fprintf(stderr, "the allocation counter saw nothing\n");

@@ -1,5 +1,7 @@
-/* libpresently from C: argument checks, a status change seen by another client, create/free cycles.
- * Usage: smoke URL TOKEN_ALICE TOKEN_BOB. Exits 0 on success; run under AddressSanitizer by the test. */
+/* libpresently from C: argument checks, configuration, a status change seen by other clients (polled, pushed,
+ * woken), a shared connection, queries, DND and a token callback; or (--cycles) 1020 create/connect/free cycles.
+ * Usage: smoke URL TOKEN_ALICE TOKEN_BOB | smoke --cycles URL TOKEN. Exits 0 on success; the tests run it under
+ * AddressSanitizer and under valgrind. */
 #define _DEFAULT_SOURCE
 #include "presently.h"
 
@@ -13,16 +15,26 @@
 #define CHECK(cond, ...)                                             \
   do {                                                               \
     if (!(cond)) {                                                   \
+      char detail_[256];                                             \
+      presently_last_error_message(detail_, sizeof detail_);         \
       fprintf(stderr, "FAILED %s:%d: ", __FILE__, __LINE__);         \
       fprintf(stderr, __VA_ARGS__);                                  \
-      fprintf(stderr, "\n");                                         \
+      fprintf(stderr, " (last error: %s)\n", detail_);               \
       return 1;                                                      \
     }                                                                \
   } while (0)
 
+#define OK(call) CHECK((call) == PRESENTLY_RESULT_OK, "%s", #call)
+
 static void pause_ms(long ms) {
   struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
   nanosleep(&t, NULL);
+}
+
+static int last_error_contains(const char *needle) {
+  char detail[256];
+  presently_last_error_message(detail, sizeof detail);
+  return strstr(detail, needle) != NULL;
 }
 
 /* Pushed events: called on the library's thread. */
@@ -39,6 +51,16 @@ static void on_event(void *user_data, const PresentlyEvent *event) {
 /* Wake-ups for polling hosts: called on the library's thread. */
 static atomic_int wakes;
 static void on_wake(void *user_data) { atomic_fetch_add((atomic_int *)user_data, 1); }
+
+/* Bob's token comes from a callback, asked before every connection attempt (on a library thread). */
+static atomic_int token_asks;
+static size_t bob_token(void *user_data, char *buf, size_t len) {
+  const char *token = user_data;
+  size_t n = strlen(token);
+  atomic_fetch_add(&token_asks, 1);
+  if (n <= len) memcpy(buf, token, n);
+  return n;
+}
 
 /* Several host threads at once, as a plugin's audio and UI threads are. */
 static void *hammer(void *client) {
@@ -59,8 +81,111 @@ static int thread_count(void) {
   return n;
 }
 
+/* Drains `client` for up to `ms` until `done` says so; each event goes through `seen`. */
+typedef int (*Seen)(const PresentlyEvent *event, void *state);
+static int drain_until(PresentlyClient *client, Seen seen, void *state, int ms) {
+  for (int waited = 0; waited <= ms; waited += 10) {
+    PresentlyEvent *event = NULL;
+    while (presently_client_next_event(client, &event) == PRESENTLY_RESULT_OK) {
+      int done = seen(event, state);
+      presently_event_free(event);
+      if (done) return 1;
+    }
+    pause_ms(10);
+  }
+  return 0;
+}
+
+static int is_connected(const PresentlyEvent *event, void *state) {
+  (void)state;
+  return presently_event_kind(event) == PRESENTLY_EVENT_KIND_STATE_CHANGED &&
+         presently_event_connection_state(event) == PRESENTLY_CONNECTION_STATE_CONNECTED;
+}
+
+static int bob_is_busy(const PresentlyEvent *event, void *state) {
+  int *checked = state;
+  if (presently_event_kind(event) != PRESENTLY_EVENT_KIND_PRESENCE_CHANGED ||
+      strcmp(presently_event_user_id(event), "bob") != 0 ||
+      presently_event_availability(event) != PRESENTLY_AVAILABILITY_BUSY) {
+    return 0;
+  }
+  const char *message = presently_event_message(event);
+  const char *detail = presently_event_activity_detail(event);
+  *checked = message && strcmp(message, "Mixing") == 0 && detail && strcmp(detail, "Ableton Live 12") == 0 &&
+             presently_event_last_active_ms(event) > 1600000000000ULL;
+  printf("sees bob: busy \"%s\" (%s: %s)\n", message, presently_event_activity_kind(event), detail);
+  return 1;
+}
+
+struct QueryState {
+  uint64_t id;
+  int bob_busy, offline_nobody, completed_ok;
+};
+static int query_answer(const PresentlyEvent *event, void *state) {
+  struct QueryState *q = state;
+  if (presently_event_query_id(event) != q->id) return 0;
+  if (presently_event_kind(event) == PRESENTLY_EVENT_KIND_QUERY_RESULT) {
+    const char *user = presently_event_user_id(event);
+    PresentlyAvailability a = presently_event_availability(event);
+    if (strcmp(user, "bob") == 0 && a == PRESENTLY_AVAILABILITY_BUSY) q->bob_busy = 1;
+    if (strcmp(user, "nobody") == 0 && a == PRESENTLY_AVAILABILITY_OFFLINE) q->offline_nobody = 1;
+  }
+  if (presently_event_kind(event) == PRESENTLY_EVENT_KIND_QUERY_COMPLETED) {
+    q->completed_ok = presently_event_error_code(event) == NULL;
+    return 1;
+  }
+  return 0;
+}
+
+static int own_busy_dnd(const PresentlyEvent *event, void *state) {
+  (void)state;
+  const char *message = presently_event_message(event);
+  return presently_event_kind(event) == PRESENTLY_EVENT_KIND_OWN_STATUS_CHANGED &&
+         presently_event_availability(event) == PRESENTLY_AVAILABILITY_BUSY && message &&
+         strcmp(message, "Tracking vocals") == 0;
+}
+
+/* Plugin load/unload with `config`: create, connect and free a client 1000 times (the connection is usually not
+ * up yet when it is freed), then 20 times waiting for the connection to be up (each is one session on the
+ * server). No thread may be left behind. */
+static int cycles(const char *url, const char *token, PresentlyConfig *config) {
+  int threads_before = thread_count();
+  for (int i = 0; i < 1000; i++) {
+    PresentlyClient *c = NULL;
+    CHECK(presently_client_new(config, &c) == PRESENTLY_RESULT_OK, "new #%d", i);
+    CHECK(presently_client_connect(c) == PRESENTLY_RESULT_OK, "connect #%d", i);
+    presently_client_record_activity(c);
+    presently_client_free(c);
+  }
+  PresentlyConfig *cycle_config = NULL;
+  OK(presently_config_new(url, &cycle_config));
+  OK(presently_config_set_token(cycle_config, token));
+  for (int i = 0; i < 20; i++) {
+    PresentlyClient *c = NULL;
+    CHECK(presently_client_new(cycle_config, &c) == PRESENTLY_RESULT_OK, "new #%d", i);
+    CHECK(presently_client_connect(c) == PRESENTLY_RESULT_OK, "connect #%d", i);
+    CHECK(drain_until(c, is_connected, NULL, 10000), "connected #%d", i);
+    presently_client_free(c);
+  }
+  presently_config_free(cycle_config);
+  CHECK(thread_count() == threads_before, "no thread left after the cycles: %d, before %d", thread_count(),
+        threads_before);
+  printf("1020 create/connect/free cycles\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
-  CHECK(argc == 4, "usage: smoke URL TOKEN_ALICE TOKEN_BOB");
+  CHECK(argc == 4, "usage: smoke URL TOKEN_ALICE TOKEN_BOB | smoke --cycles URL TOKEN");
+  if (strcmp(argv[1], "--cycles") == 0) {
+    PresentlyConfig *config = NULL;
+    OK(presently_config_new(argv[2], &config));
+    OK(presently_config_set_token(config, argv[3]));
+    OK(presently_config_set_idle_timeout_ms(config, 60000));
+    int failed = cycles(argv[2], argv[3], config);
+    presently_config_free(config);
+    if (!failed) printf("ok\n");
+    return failed;
+  }
   const char *url = argv[1];
 
   CHECK(strcmp(presently_version(), "0.1.0") == 0, "version %s", presently_version());
@@ -70,98 +195,153 @@ int main(int argc, char **argv) {
   char tiny[5];
   presently_result_message(PRESENTLY_RESULT_NULL_ARGUMENT, tiny, sizeof tiny);
   CHECK(strlen(tiny) == 4, "truncated to the buffer");
+  CHECK(presently_result_message(PRESENTLY_RESULT_OK, NULL, 0) == 2, "length only");
 
-  /* Bad arguments get result codes, never a crash. */
+  /* Bad arguments get result codes and a detail, never a crash. */
+  PresentlyConfig *config = NULL;
   PresentlyClient *client = NULL;
-  CHECK(presently_client_new(NULL, "t", "a", "1", "c", &client) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL url");
-  CHECK(presently_client_new(url, "t", "a", "1", "c", NULL) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL out");
   const char bad_utf8[] = {(char)0xff, (char)0xfe, 0};
-  CHECK(presently_client_new(bad_utf8, "t", "a", "1", "c", &client) == PRESENTLY_RESULT_INVALID_UTF8, "bad UTF-8");
-  CHECK(presently_client_new("http://nope", "t", "a", "1", "c", &client) == PRESENTLY_RESULT_INVALID_URL, "bad URL");
-  CHECK(presently_client_connect(NULL) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL client");
+  CHECK(presently_config_new(NULL, &config) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL url");
+  CHECK(last_error_contains("`url` is NULL"), "detail names the argument");
+  CHECK(presently_config_new(url, NULL) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL out");
+  CHECK(presently_config_new(bad_utf8, &config) == PRESENTLY_RESULT_INVALID_UTF8, "bad UTF-8");
+  CHECK(presently_client_new(NULL, &client) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL config");
+  OK(presently_config_new("http://nope", &config));
+  OK(presently_config_set_token(config, argv[2]));
+  CHECK(presently_client_new(config, &client) == PRESENTLY_RESULT_INVALID_URL, "bad URL");
+  presently_config_free(config);
+  OK(presently_config_new(url, &config));
+  CHECK(presently_client_new(config, &client) == PRESENTLY_RESULT_INVALID_ARGUMENT, "no token");
+  CHECK(last_error_contains("token"), "detail says a token is missing");
+  CHECK(presently_config_set_token(config, bad_utf8) == PRESENTLY_RESULT_INVALID_UTF8, "bad token");
+  CHECK(presently_config_set_token_callback(config, NULL, NULL) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL callback");
+  const char *long_name = "a name longer than sixty-four bytes, which the protocol does not allow";
+  CHECK(presently_config_set_client_info(config, long_name, "1", "c") == PRESENTLY_RESULT_INVALID_ARGUMENT, "long");
+  CHECK(presently_config_set_reconnect_delays_ms(config, 0, 10) == PRESENTLY_RESULT_INVALID_ARGUMENT, "zero base");
+  CHECK(presently_config_set_reconnect_delays_ms(config, 50, 10) == PRESENTLY_RESULT_INVALID_ARGUMENT, "base > max");
+  CHECK(presently_config_set_idle_timeout_ms(NULL, 1) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL config");
+  presently_config_free(NULL);
+
+  PresentlyDndSchedule *schedule = NULL;
+  CHECK(presently_dnd_schedule_new("Europe/Berln", &schedule) == PRESENTLY_RESULT_INVALID_ARGUMENT, "bad zone");
+  CHECK(last_error_contains("Europe/Berln"), "detail names the zone");
+  OK(presently_dnd_schedule_new("Europe/Berlin", &schedule));
+  CHECK(presently_dnd_schedule_add_window(schedule, "weekdays", "25:00", "07:00") ==
+            PRESENTLY_RESULT_INVALID_ARGUMENT, "bad time");
+  CHECK(presently_dnd_schedule_add_window(schedule, "someday", "22:00", "07:00") ==
+            PRESENTLY_RESULT_INVALID_ARGUMENT, "bad day");
+  CHECK(presently_dnd_schedule_add_window(schedule, "daily", "22:00", "22:00") ==
+            PRESENTLY_RESULT_INVALID_ARGUMENT, "empty window");
+  CHECK(presently_config_set_dnd_schedule(config, schedule) == PRESENTLY_RESULT_INVALID_ARGUMENT, "no windows");
+  char long_message[300];
+  memset(long_message, 'x', sizeof long_message - 1);
+  long_message[sizeof long_message - 1] = 0;
+  CHECK(presently_dnd_schedule_set_message(schedule, long_message) == PRESENTLY_RESULT_INVALID_ARGUMENT, "long");
+  OK(presently_dnd_schedule_add_window(schedule, "mon,tue,wed,thu,fri", "22:00", "07:00"));
+  OK(presently_dnd_schedule_set_message(schedule, "Quiet hours"));
+  presently_dnd_schedule_free(NULL);
   presently_client_record_activity(NULL);
   presently_client_free(NULL);
   presently_event_free(NULL);
+  CHECK(presently_client_connect(NULL) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL client");
+  CHECK(presently_client_state(NULL) == PRESENTLY_CONNECTION_STATE_IDLE, "NULL client state");
   CHECK(presently_event_kind(NULL) == PRESENTLY_EVENT_KIND_OTHER, "NULL event");
 
-  /* Plugin load/unload: create and free clients many times. */
-  for (int i = 0; i < 200; i++) {
-    PresentlyClient *c = NULL;
-    CHECK(presently_client_new(url, argv[2], "smoke", "1", "c", &c) == PRESENTLY_RESULT_OK, "new #%d", i);
-    presently_client_record_activity(c);
-    presently_client_free(c);
-  }
+  /* Alice's settings: quick idle detection, a warning, quick reconnects, the schedule. */
+  OK(presently_config_set_token(config, argv[2]));
+  OK(presently_config_set_client_info(config, "smoke", "1.0", "c-linux"));
+  OK(presently_config_set_idle_timeout_ms(config, 600000));
+  OK(presently_config_set_idle_warning_ms(config, 30000));
+  OK(presently_config_set_background_away_ms(config, 60000));
+  OK(presently_config_set_reconnect_delays_ms(config, 100, 2000));
+  OK(presently_config_set_dnd_schedule(config, schedule));
 
-  /* Alice watches Bob; Bob goes busy in the studio. */
+
+  /* Alice watches Bob; Bob (token from a callback) goes busy in the studio. */
   PresentlyClient *alice = NULL, *bob = NULL;
-  CHECK(presently_client_new(url, argv[2], "smoke", "1", "c", &alice) == PRESENTLY_RESULT_OK, "alice");
-  CHECK(presently_client_new(url, argv[3], "smoke", "1", "c", &bob) == PRESENTLY_RESULT_OK, "bob");
+  CHECK(presently_client_new(config, &alice) == PRESENTLY_RESULT_OK, "alice");
+  PresentlyConfig *bob_config = NULL;
+  OK(presently_config_new(url, &bob_config));
+  OK(presently_config_set_token_callback(bob_config, bob_token, argv[3]));
+  OK(presently_client_new(bob_config, &bob));
+  presently_config_free(bob_config);
   const char *watch[] = {"bob"};
-  CHECK(presently_client_subscribe(alice, watch, 1) == PRESENTLY_RESULT_OK, "subscribe");
-  /* Carol gets her events pushed; Dave polls when woken. */
+  OK(presently_client_subscribe(alice, watch, 1));
+  /* Carol gets her events pushed; Dave polls when woken; both share Alice's connection. */
   PresentlyClient *carol = NULL, *dave = NULL;
-  CHECK(presently_client_new(url, argv[2], "smoke", "1", "c", &carol) == PRESENTLY_RESULT_OK, "carol");
-  CHECK(presently_client_new(url, argv[2], "smoke", "1", "c", &dave) == PRESENTLY_RESULT_OK, "dave");
-  CHECK(presently_client_set_event_callback(carol, on_event, &pushed_bob_busy) == PRESENTLY_RESULT_OK, "push cb");
-  CHECK(presently_client_set_wake_callback(dave, on_wake, &wakes) == PRESENTLY_RESULT_OK, "wake cb");
-  CHECK(presently_client_subscribe(carol, watch, 1) == PRESENTLY_RESULT_OK, "carol subscribes");
-  CHECK(presently_client_subscribe(dave, watch, 1) == PRESENTLY_RESULT_OK, "dave subscribes");
-  CHECK(presently_client_connect(carol) == PRESENTLY_RESULT_OK, "connect carol");
-  CHECK(presently_client_connect(dave) == PRESENTLY_RESULT_OK, "connect dave");
+  OK(presently_client_new(config, &carol));
+  OK(presently_client_new(config, &dave));
+  OK(presently_client_set_event_callback(carol, on_event, &pushed_bob_busy));
+  OK(presently_client_set_wake_callback(dave, on_wake, &wakes));
+  OK(presently_client_subscribe(carol, watch, 1));
+  OK(presently_client_subscribe(dave, watch, 1));
+  OK(presently_client_connect(carol));
+  OK(presently_client_connect(dave));
   CHECK(presently_client_subscribe(alice, NULL, 1) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL list");
-  CHECK(presently_client_connect(alice) == PRESENTLY_RESULT_OK, "connect alice");
-  CHECK(presently_client_connect(bob) == PRESENTLY_RESULT_OK, "connect bob");
+  const char *bad_ids[] = {""};
+  CHECK(presently_client_subscribe(alice, bad_ids, 1) == PRESENTLY_RESULT_INVALID_ARGUMENT, "empty user id");
+  uint64_t query_id = 0;
+  CHECK(presently_client_query(alice, watch, 1, &query_id) == PRESENTLY_RESULT_NOT_CONNECTED, "query offline");
+  OK(presently_client_connect(alice));
+  OK(presently_client_connect(bob));
+  CHECK(drain_until(alice, is_connected, NULL, 10000), "alice connected");
+  CHECK(presently_client_state(alice) == PRESENTLY_CONNECTION_STATE_CONNECTED, "alice's state");
   CHECK(presently_client_set_status(bob, PRESENTLY_AVAILABILITY_OFFLINE, NULL, NULL, NULL) ==
             PRESENTLY_RESULT_INVALID_ARGUMENT, "offline is not settable");
-  CHECK(presently_client_set_status(bob, PRESENTLY_AVAILABILITY_BUSY, "Mixing", "in_studio", "Ableton Live 12") ==
-            PRESENTLY_RESULT_OK, "set status");
+  CHECK(last_error_contains("INVISIBLE"), "the detail suggests invisible");
+  CHECK(presently_client_set_status(bob, PRESENTLY_AVAILABILITY_BUSY, long_message, NULL, NULL) ==
+            PRESENTLY_RESULT_INVALID_ARGUMENT, "too long a message");
+  OK(presently_client_set_status(bob, PRESENTLY_AVAILABILITY_BUSY, "Mixing", "in_studio", "Ableton Live 12"));
 
-  int saw_connected = 0, saw_busy = 0;
-  for (int tries = 0; tries < 1000 && !saw_busy; tries++) {
-    PresentlyEvent *event = NULL;
-    while (presently_client_next_event(alice, &event) == PRESENTLY_RESULT_OK) {
-      if (presently_event_kind(event) == PRESENTLY_EVENT_KIND_STATE_CHANGED &&
-          presently_event_connection_state(event) == PRESENTLY_CONNECTION_STATE_CONNECTED) {
-        saw_connected = 1;
-      }
-      if (presently_event_kind(event) == PRESENTLY_EVENT_KIND_PRESENCE_CHANGED &&
-          strcmp(presently_event_user_id(event), "bob") == 0 &&
-          presently_event_availability(event) == PRESENTLY_AVAILABILITY_BUSY) {
-        const char *message = presently_event_message(event);
-        const char *detail = presently_event_activity_detail(event);
-        CHECK(message && strcmp(message, "Mixing") == 0, "message");
-        CHECK(detail && strcmp(detail, "Ableton Live 12") == 0, "activity detail");
-        printf("alice sees bob: busy \"%s\" (%s: %s)\n", message, presently_event_activity_kind(event), detail);
-        saw_busy = 1;
-      }
-      presently_event_free(event);
-    }
-    presently_client_record_activity(alice);
-    pause_ms(10);
-  }
-  CHECK(saw_connected, "alice connected");
-  CHECK(saw_busy, "alice saw bob busy within 10 s");
+  int checked = 0;
+  CHECK(drain_until(alice, bob_is_busy, &checked, 10000), "alice saw bob busy within 10 s");
+  CHECK(checked, "message, activity and last-active time arrived");
+  CHECK(atomic_load(&token_asks) >= 1, "bob's token came from the callback");
   for (int tries = 0; tries < 500 && atomic_load(&pushed_bob_busy) == 0; tries++) pause_ms(10);
   CHECK(atomic_load(&pushed_bob_busy) == 1, "carol's callback saw bob busy once");
   PresentlyEvent *none = NULL;
   CHECK(presently_client_next_event(carol, &none) == PRESENTLY_RESULT_NO_EVENT, "pushed events are not queued");
   CHECK(atomic_load(&wakes) > 0, "dave was woken");
-  int dave_saw = 0;
-  PresentlyEvent *event = NULL;
-  while (presently_client_next_event(dave, &event) == PRESENTLY_RESULT_OK) {
-    dave_saw += presently_event_kind(event) == PRESENTLY_EVENT_KIND_PRESENCE_CHANGED;
-    presently_event_free(event);
-  }
-  CHECK(dave_saw > 0, "dave drained his queue");
+  checked = 0;
+  CHECK(drain_until(dave, bob_is_busy, &checked, 5000) && checked, "dave drained his queue");
+
+  /* A plugin instance opened later joins the shared connection: it learns the state and what is known. */
+  PresentlyClient *erin = NULL;
+  OK(presently_client_new(config, &erin));
+  CHECK(drain_until(erin, is_connected, NULL, 2000), "erin learns the connection is up");
+  OK(presently_client_subscribe(erin, watch, 1));
+  checked = 0;
+  CHECK(drain_until(erin, bob_is_busy, &checked, 2000) && checked, "erin learns bob is busy");
+
+  /* A query answers once, to the client that asked. */
+  const char *who[] = {"bob", "nobody", "bob"};
+  OK(presently_client_query(alice, who, 3, &query_id));
+  struct QueryState q = {query_id, 0, 0, 0};
+  CHECK(drain_until(alice, query_answer, &q, 5000), "the query completed");
+  CHECK(q.bob_busy && q.offline_nobody && q.completed_ok, "query results %d %d %d", q.bob_busy, q.offline_nobody,
+        q.completed_ok);
+
+  /* DND: a snooze turns Alice busy with its message; a schedule can be replaced or removed at any time. */
+  OK(presently_client_snooze_dnd(alice, 60000, "Tracking vocals"));
+  CHECK(drain_until(alice, own_busy_dnd, NULL, 2000), "snoozed: busy");
+  CHECK(presently_client_snooze_dnd(alice, 0, NULL) == PRESENTLY_RESULT_INVALID_ARGUMENT, "zero snooze");
+  OK(presently_client_end_snooze(alice));
+  OK(presently_client_set_dnd_schedule(alice, NULL));
+  OK(presently_client_set_dnd_schedule(alice, schedule));
+  presently_dnd_schedule_free(schedule);
+  OK(presently_client_network_changed(alice));
+  OK(presently_client_app_backgrounded(alice));
+  OK(presently_client_app_foregrounded(alice));
 
   /* Four threads call into one client at once. */
   pthread_t threads[4];
   for (int i = 0; i < 4; i++) pthread_create(&threads[i], NULL, hammer, alice);
-  CHECK(presently_client_set_status(alice, PRESENTLY_AVAILABILITY_AWAY, "brb", NULL, NULL) == PRESENTLY_RESULT_OK,
-        "a status while others record activity");
+  OK(presently_client_set_status(alice, PRESENTLY_AVAILABILITY_AWAY, "brb", NULL, NULL));
+  OK(presently_client_set_status(alice, PRESENTLY_AVAILABILITY_INVISIBLE, NULL, NULL, NULL));
   for (int i = 0; i < 4; i++) pthread_join(threads[i], NULL);
 
-  /* Alice, Carol and Dave use one token: one shared connection, each with its own events (above). */
+  presently_config_free(config);
+  presently_client_free(erin);
   presently_client_free(carol);
   presently_client_free(dave);
   presently_client_free(alice);
