@@ -104,13 +104,21 @@ fn smoke(command: impl Fn() -> Command) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = common::start_server(&runtime);
     let token = |user: &str| common::token(&server, user);
-    let stdout = run_smoke(command(), &[server.ws_url(), token("alice"), token("bob")]);
+    let stdout = run_smoke(
+        command(),
+        &[
+            server.ws_url(),
+            token("alice"),
+            token("bob"),
+            token("frank"),
+        ],
+    );
     assert!(
         stdout.contains("sees bob: busy \"Mixing\" (in_studio: Ableton Live 12)"),
         "{stdout}"
     );
-    // Alice, Carol, Dave and Erin (one configuration) shared a connection; Bob had his own.
-    assert_eq!(server.stats().sessions_started, 2, "{:?}", server.stats());
+    // Alice, Carol, Dave and Erin (one configuration) shared a connection; Bob and Frank had their own.
+    assert_eq!(server.stats().sessions_started, 3, "{:?}", server.stats());
     let stdout = run_smoke(
         command(),
         &["--cycles".into(), server.ws_url(), token("carol")],

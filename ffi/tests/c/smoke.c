@@ -1,7 +1,7 @@
 /* libpresently from C: argument checks, configuration, a status change seen by other clients (polled, pushed,
  * woken), a shared connection, queries, DND and a token callback; or (--cycles) 1020 create/connect/free cycles.
- * Usage: smoke URL TOKEN_ALICE TOKEN_BOB | smoke --cycles URL TOKEN. Exits 0 on success; the tests run it under
- * AddressSanitizer and under valgrind. */
+ * Usage: smoke URL TOKEN_ALICE TOKEN_BOB TOKEN_FRANK | smoke --cycles URL TOKEN. Exits 0 on success; the
+ * tests run it under AddressSanitizer and under valgrind. */
 #define _DEFAULT_SOURCE
 #include "presently.h"
 
@@ -174,8 +174,19 @@ static int cycles(const char *url, const char *token, PresentlyConfig *config) {
   return 0;
 }
 
+static int own_is(const PresentlyEvent *event, void *state) {
+  return presently_event_kind(event) == PRESENTLY_EVENT_KIND_OWN_STATUS_CHANGED &&
+         presently_event_availability(event) == *(PresentlyAvailability *)state;
+}
+
+static int idle_warned(const PresentlyEvent *event, void *state) {
+  (void)state;
+  return presently_event_kind(event) == PRESENTLY_EVENT_KIND_IDLE_WARNING;
+}
+
 int main(int argc, char **argv) {
-  CHECK(argc == 4, "usage: smoke URL TOKEN_ALICE TOKEN_BOB | smoke --cycles URL TOKEN");
+  CHECK(argc == 5 || (argc == 4 && strcmp(argv[1], "--cycles") == 0),
+        "usage: smoke URL TOKEN_ALICE TOKEN_BOB TOKEN_FRANK | smoke --cycles URL TOKEN");
   if (strcmp(argv[1], "--cycles") == 0) {
     PresentlyConfig *config = NULL;
     OK(presently_config_new(argv[2], &config));
@@ -332,6 +343,31 @@ int main(int argc, char **argv) {
   OK(presently_client_network_changed(alice));
   OK(presently_client_app_backgrounded(alice));
   OK(presently_client_app_foregrounded(alice));
+
+  /* Frank's plugin: idle after 400 ms with a warning 200 ms before, away 100 ms after going to the background. */
+  PresentlyConfig *frank_config = NULL;
+  PresentlyClient *frank = NULL;
+  OK(presently_config_new(url, &frank_config));
+  OK(presently_config_set_token(frank_config, argv[4]));
+  OK(presently_config_set_idle_timeout_ms(frank_config, 400));
+  OK(presently_config_set_idle_warning_ms(frank_config, 200));
+  OK(presently_config_set_background_away_ms(frank_config, 100));
+  OK(presently_client_new(frank_config, &frank));
+  presently_config_free(frank_config);
+  OK(presently_client_connect(frank));
+  CHECK(drain_until(frank, is_connected, NULL, 10000), "frank connected");
+  PresentlyAvailability away = PRESENTLY_AVAILABILITY_AWAY, online = PRESENTLY_AVAILABILITY_ONLINE;
+  CHECK(drain_until(frank, idle_warned, NULL, 5000), "still there? warning");
+  CHECK(drain_until(frank, own_is, &away, 5000), "idle: away");
+  presently_client_record_activity(frank);
+  CHECK(drain_until(frank, own_is, &online, 5000), "activity: online again");
+  OK(presently_client_app_backgrounded(frank));
+  CHECK(drain_until(frank, own_is, &away, 5000), "background: away");
+  OK(presently_client_app_foregrounded(frank));
+  presently_client_record_activity(frank);
+  CHECK(drain_until(frank, own_is, &online, 5000), "foreground: online");
+  presently_client_free(frank);
+  printf("idle and lifecycle from C: warning, away, back, background away, back\n");
 
   /* Four threads call into one client at once. */
   pthread_t threads[4];
