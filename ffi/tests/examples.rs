@@ -1,6 +1,6 @@
 //! The installed package as C++ and JUCE developers use it: `scripts/install-c-library` into a prefix,
 //! pkg-config and `find_package(Presently)`, then examples/cpp and examples/juce built with CMake and run against
-//! an in-process server.
+//! an in-process server; the C++ example also runs under valgrind and AddressSanitizer.
 
 mod common;
 
@@ -54,16 +54,18 @@ fn install(name: &str) -> (PathBuf, PathBuf) {
     (work, prefix)
 }
 
-/// Configures and builds `examples/<example>` against the installed package; returns the build directory.
-fn build_example(example: &str, work: &Path, prefix: &Path) -> PathBuf {
-    let build = work.join("build");
+/// Configures and builds `examples/<example>` against the installed package into `work/<name>`, with extra
+/// CMake arguments; returns the build directory.
+fn build_example(example: &str, work: &Path, prefix: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let build = work.join(name);
     run(
         Command::new("cmake")
             .arg("-S")
             .arg(repo().join("examples").join(example))
             .arg("-B")
             .arg(&build)
-            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display())),
+            .arg(format!("-DCMAKE_PREFIX_PATH={}", prefix.display()))
+            .args(extra),
         "cmake configure",
     );
     run(
@@ -78,6 +80,11 @@ fn build_example(example: &str, work: &Path, prefix: &Path) -> PathBuf {
 
 /// Runs `binary URL TOKEN bob carol 10` with Bob online and busy ("Tracking") and Carol never connected.
 fn run_against_server(binary: &Path) -> String {
+    run_command_against_server(Command::new(binary))
+}
+
+/// Runs `command URL TOKEN bob carol 10` (the example, maybe under valgrind) like [`run_against_server`].
+fn run_command_against_server(mut command: Command) -> String {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = common::start_server(&runtime);
     let token = |user: &str| common::token(&server, user);
@@ -92,7 +99,7 @@ fn run_against_server(binary: &Path) -> String {
         bob
     });
     let output = run(
-        Command::new(binary).args([
+        command.args([
             server.ws_url(),
             token("alice"),
             "bob".into(),
@@ -131,21 +138,53 @@ fn the_installed_package_builds_and_runs_the_cpp_example() {
             && flags.contains(&format!("-I{}", prefix.join("include").display())),
         "{flags}"
     );
-    let build = build_example("cpp", &work, &prefix);
-    let output = run_against_server(&build.join("presently-cpp-example"));
-    assert!(
-        output.contains("presence bob busy Tracking") || output.contains("presence bob online"),
-        "{output}"
+    let check = |output: &str| {
+        assert!(
+            output.contains("presence bob busy Tracking") || output.contains("presence bob online"),
+            "{output}"
+        );
+        assert!(output.contains("presence carol offline"), "{output}");
+        assert!(output.contains("saw 2 of 2 watched users"), "{output}");
+    };
+    let build = build_example("cpp", &work, &prefix, "build", &[]);
+    let binary = build.join("presently-cpp-example");
+    check(&run_against_server(&binary));
+
+    // The same C++ program under valgrind, and built with AddressSanitizer: no errors, no leaks.
+    let mut valgrind = Command::new("valgrind");
+    valgrind
+        .args([
+            "--quiet",
+            "--leak-check=full",
+            "--show-leak-kinds=definite,indirect",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--error-exitcode=23",
+        ])
+        .arg(&binary);
+    check(&run_command_against_server(valgrind));
+    let asan = build_example(
+        "cpp",
+        &work,
+        &prefix,
+        "build-asan",
+        &[
+            "-DCMAKE_CXX_FLAGS=-fsanitize=address -fno-omit-frame-pointer -g",
+            "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address",
+        ],
     );
-    assert!(output.contains("presence carol offline"), "{output}");
-    assert!(output.contains("saw 2 of 2 watched users"), "{output}");
+    let mut sanitized = Command::new(asan.join("presently-cpp-example"));
+    sanitized.env(
+        "ASAN_OPTIONS",
+        "detect_leaks=1:abort_on_error=0:exitcode=23",
+    );
+    check(&run_command_against_server(sanitized));
     let _ = std::fs::remove_dir_all(&work);
 }
 
 #[test]
 fn the_juce_example_drains_events_on_the_message_thread() {
     let (work, prefix) = install("juce");
-    let build = build_example("juce", &work, &prefix);
+    let build = build_example("juce", &work, &prefix, "build", &[]);
     let output =
         run_against_server(&build.join("PresentlyJuceExample_artefacts/PresentlyJuceExample"));
     assert!(output.contains("own status busy"), "{output}");
