@@ -92,6 +92,10 @@ static int settled_thread_count(int expected) {
   return n;
 }
 
+/* How long a test waits for an event before it fails, in milliseconds: generous, because valgrind and a busy
+ * machine slow everything down; waits end as soon as the event arrives. */
+#define WAIT_MS 20000
+
 /* Drains `client` for up to `ms` until `done` says so; each event goes through `seen`. */
 typedef int (*Seen)(const PresentlyEvent *event, void *state);
 static int drain_until(PresentlyClient *client, Seen seen, void *state, int ms) {
@@ -175,7 +179,7 @@ static int cycles(const char *url, const char *token, PresentlyConfig *config) {
     PresentlyClient *c = NULL;
     CHECK(presently_client_new(cycle_config, &c) == PRESENTLY_RESULT_OK, "new #%d", i);
     CHECK(presently_client_connect(c) == PRESENTLY_RESULT_OK, "connect #%d", i);
-    CHECK(drain_until(c, is_connected, NULL, 10000), "connected #%d", i);
+    CHECK(drain_until(c, is_connected, NULL, WAIT_MS), "connected #%d", i);
     presently_client_free(c);
   }
   presently_config_free(cycle_config);
@@ -306,7 +310,7 @@ int main(int argc, char **argv) {
   CHECK(presently_client_query(alice, watch, 1, &query_id) == PRESENTLY_RESULT_NOT_CONNECTED, "query offline");
   OK(presently_client_connect(alice));
   OK(presently_client_connect(bob));
-  CHECK(drain_until(alice, is_connected, NULL, 10000), "alice connected");
+  CHECK(drain_until(alice, is_connected, NULL, WAIT_MS), "alice connected");
   CHECK(presently_client_state(alice) == PRESENTLY_CONNECTION_STATE_CONNECTED, "alice's state");
   CHECK(presently_client_set_status(bob, PRESENTLY_AVAILABILITY_OFFLINE, NULL, NULL, NULL) ==
             PRESENTLY_RESULT_INVALID_ARGUMENT, "offline is not settable");
@@ -316,7 +320,7 @@ int main(int argc, char **argv) {
   OK(presently_client_set_status(bob, PRESENTLY_AVAILABILITY_BUSY, "Mixing", "in_studio", "Ableton Live 12"));
 
   int checked = 0;
-  CHECK(drain_until(alice, bob_is_busy, &checked, 10000), "alice saw bob busy within 10 s");
+  CHECK(drain_until(alice, bob_is_busy, &checked, WAIT_MS), "alice saw bob busy");
   CHECK(checked, "message, activity and last-active time arrived");
   CHECK(atomic_load(&token_asks) >= 1, "bob's token came from the callback");
   for (int tries = 0; tries < 500 && atomic_load(&pushed_bob_busy) == 0; tries++) pause_ms(10);
@@ -325,27 +329,27 @@ int main(int argc, char **argv) {
   CHECK(presently_client_next_event(carol, &none) == PRESENTLY_RESULT_NO_EVENT, "pushed events are not queued");
   CHECK(atomic_load(&wakes) > 0, "dave was woken");
   checked = 0;
-  CHECK(drain_until(dave, bob_is_busy, &checked, 5000) && checked, "dave drained his queue");
+  CHECK(drain_until(dave, bob_is_busy, &checked, WAIT_MS) && checked, "dave drained his queue");
 
   /* A plugin instance opened later joins the shared connection: it learns the state and what is known. */
   PresentlyClient *erin = NULL;
   OK(presently_client_new(config, &erin));
-  CHECK(drain_until(erin, is_connected, NULL, 2000), "erin learns the connection is up");
+  CHECK(drain_until(erin, is_connected, NULL, WAIT_MS), "erin learns the connection is up");
   OK(presently_client_subscribe(erin, watch, 1));
   checked = 0;
-  CHECK(drain_until(erin, bob_is_busy, &checked, 2000) && checked, "erin learns bob is busy");
+  CHECK(drain_until(erin, bob_is_busy, &checked, WAIT_MS) && checked, "erin learns bob is busy");
 
   /* A query answers once, to the client that asked. */
   const char *who[] = {"bob", "nobody", "bob"};
   OK(presently_client_query(alice, who, 3, &query_id));
   struct QueryState q = {query_id, 0, 0, 0};
-  CHECK(drain_until(alice, query_answer, &q, 5000), "the query completed");
+  CHECK(drain_until(alice, query_answer, &q, WAIT_MS), "the query completed");
   CHECK(q.bob_busy && q.offline_nobody && q.completed_ok, "query results %d %d %d", q.bob_busy, q.offline_nobody,
         q.completed_ok);
 
   /* DND: a snooze turns Alice busy with its message; a schedule can be replaced or removed at any time. */
   OK(presently_client_snooze_dnd(alice, 60000, "Tracking vocals"));
-  CHECK(drain_until(alice, own_busy_dnd, NULL, 2000), "snoozed: busy");
+  CHECK(drain_until(alice, own_busy_dnd, NULL, WAIT_MS), "snoozed: busy");
   CHECK(presently_client_snooze_dnd(alice, 0, NULL) == PRESENTLY_RESULT_INVALID_ARGUMENT, "zero snooze");
   OK(presently_client_end_snooze(alice));
   OK(presently_client_set_dnd_schedule(alice, NULL));
@@ -366,17 +370,17 @@ int main(int argc, char **argv) {
   OK(presently_client_new(frank_config, &frank));
   presently_config_free(frank_config);
   OK(presently_client_connect(frank));
-  CHECK(drain_until(frank, is_connected, NULL, 10000), "frank connected");
+  CHECK(drain_until(frank, is_connected, NULL, WAIT_MS), "frank connected");
   PresentlyAvailability away = PRESENTLY_AVAILABILITY_AWAY, online = PRESENTLY_AVAILABILITY_ONLINE;
-  CHECK(drain_until(frank, idle_warned, NULL, 5000), "still there? warning");
-  CHECK(drain_until(frank, own_is, &away, 5000), "idle: away");
+  CHECK(drain_until(frank, idle_warned, NULL, WAIT_MS), "still there? warning");
+  CHECK(drain_until(frank, own_is, &away, WAIT_MS), "idle: away");
   presently_client_record_activity(frank);
-  CHECK(drain_until(frank, own_is, &online, 5000), "activity: online again");
+  CHECK(drain_until(frank, own_is, &online, WAIT_MS), "activity: online again");
   OK(presently_client_app_backgrounded(frank));
-  CHECK(drain_until(frank, own_is, &away, 5000), "background: away");
+  CHECK(drain_until(frank, own_is, &away, WAIT_MS), "background: away");
   OK(presently_client_app_foregrounded(frank));
   presently_client_record_activity(frank);
-  CHECK(drain_until(frank, own_is, &online, 5000), "foreground: online");
+  CHECK(drain_until(frank, own_is, &online, WAIT_MS), "foreground: online");
   presently_client_free(frank);
   printf("idle and lifecycle from C: warning, away, back, background away, back\n");
 
