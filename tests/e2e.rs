@@ -468,3 +468,32 @@ async fn invalid_input_is_refused_locally() {
     ));
     assert!(is_connected(&alice));
 }
+
+#[tokio::test]
+async fn an_idle_client_keeps_its_session_on_websocket_pongs_alone() {
+    let server = start_server().await;
+    let alice = connected_client(&server, "alice").await;
+    let session = alice.session().expect("connected").session_id;
+    let sent_after_welcome = alice.stats().frames_sent;
+    // Five session TTLs of silence from the app: the server's WebSocket pings are answered by the transport.
+    tokio::time::sleep(TTL * 5).await;
+    assert!(is_connected(&alice), "{:?}", alice.state());
+    assert_eq!(alice.session().expect("connected").session_id, session);
+    assert_eq!(
+        alice.stats().frames_sent,
+        sent_after_welcome,
+        "no ping of its own while the server pings"
+    );
+    let stats = server.stats();
+    assert_eq!(
+        (
+            stats.connections_accepted,
+            stats.sessions_started,
+            stats.sessions_resumed
+        ),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    alice.close().await;
+    server.shutdown().await;
+}

@@ -318,6 +318,10 @@ pub struct SessionInfo {
     pub resumed: bool,
     /// How long the server keeps the session after a drop.
     pub resume_grace: Duration,
+    /// How often the server sends WebSocket pings (`welcome.ping_interval_ms`), if it does. When it pings at
+    /// least once per heartbeat interval, the transport's automatic pongs are the client's heartbeat and the
+    /// client sends `ping` only to probe a silent link.
+    pub server_ping_interval: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1246,7 +1250,7 @@ impl Client {
                     self.connection_lost(reason, Duration::ZERO, now);
                     return;
                 }
-                if now >= self.last_sent + interval {
+                if self.heartbeat_due(interval).is_some_and(|due| now >= due) {
                     self.send_ping(now);
                 }
                 if self.resend_at.is_some_and(|at| now >= at) {
@@ -1309,14 +1313,27 @@ impl Client {
             Link::Opening { deadline } | Link::Handshaking { deadline } => Some(deadline),
             Link::Connected => {
                 let interval = self.session.as_ref()?.heartbeat_interval;
+                let liveness = self.liveness_deadline(interval);
                 let next = self
-                    .liveness_deadline(interval)
-                    .min(self.last_sent + interval);
+                    .heartbeat_due(interval)
+                    .map_or(liveness, |due| due.min(liveness));
                 Some(self.resend_at.map_or(next, |at| at.min(next)))
             }
             Link::Waiting { retry_at, .. } => Some(retry_at),
             Link::Idle | Link::Closed | Link::Failed => None,
         }
+    }
+
+    /// When the client must send `ping` to keep its session: a heartbeat interval after its last frame, unless
+    /// the server pings at least that often (then the transport's pongs keep the session, and the liveness rule
+    /// alone decides when to probe).
+    fn heartbeat_due(&self, interval: Duration) -> Option<Instant> {
+        let server_pings = self
+            .session
+            .as_ref()
+            .and_then(|s| s.server_ping_interval)
+            .is_some_and(|every| !every.is_zero() && every <= interval);
+        (!server_pings).then(|| self.last_sent + interval)
     }
 
     // ----- queries -----
@@ -1514,7 +1531,7 @@ impl Client {
                 max_frame_bytes,
                 server,
                 resume_grace_ms,
-                ping_interval_ms: _,
+                ping_interval_ms,
                 resumed,
                 choice,
             } => {
@@ -1543,6 +1560,7 @@ impl Client {
                         connected_at: now,
                         resumed,
                         resume_grace: Duration::from_millis(resume_grace_ms),
+                        server_ping_interval: ping_interval_ms.map(Duration::from_millis),
                     },
                     choice,
                     now,

@@ -53,6 +53,41 @@ fn first_frame_is_hello_with_credentials_and_client_info() {
 }
 
 #[test]
+fn server_pings_are_the_heartbeat_and_silence_is_still_detected() {
+    let mut h = Harness::new();
+    h.server_ping_ms = Some(INTERVAL);
+    h.client.connect(h.now);
+    h.drain();
+    h.open_transport();
+    h.welcome();
+    h.sent.clear();
+    // The server pings every interval; the transport answers with pongs, which keep the session alive.
+    for _ in 0..20 {
+        h.advance(INTERVAL);
+        h.client.handle_inbound_activity(h.now);
+    }
+    assert!(
+        h.sent.is_empty(),
+        "no ping of its own while the server pings: {:?}",
+        h.sent_types()
+    );
+    let fires = h.timer_fires;
+    // The server goes silent: after interval + grace the client probes, and after another grace it gives up.
+    h.advance(INTERVAL + GRACE);
+    assert_eq!(h.sent_types(), ["ping"]);
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
+    h.advance(GRACE);
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Reconnecting { .. }
+    ));
+    assert_eq!(h.timer_fires - fires, 2, "one probe, one verdict");
+}
+
+#[test]
 fn heartbeat_pings_every_interval_and_inbound_frames_keep_the_link_alive() {
     let mut h = Harness::connected();
     for round in 1..=20 {

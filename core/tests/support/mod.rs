@@ -28,6 +28,9 @@ pub struct Harness {
     pub sessions: u32,
     /// How many times a timer fired (`handle_timeout` calls): proof that nothing polls.
     pub timer_fires: u64,
+    /// What `welcome` announces as `ping_interval_ms`: how often the server sends WebSocket pings (none by
+    /// default, so that the client's own heartbeat is what the tests see).
+    pub server_ping_ms: Option<u64>,
 }
 
 impl Harness {
@@ -45,6 +48,7 @@ impl Harness {
             events: Vec::new(),
             sessions: 0,
             timer_fires: 0,
+            server_ping_ms: None,
         }
     }
 
@@ -127,7 +131,7 @@ impl Harness {
                 version: "0".into(),
             },
             resume_grace_ms: RESUME_GRACE,
-            ping_interval_ms: Some(INTERVAL),
+            ping_interval_ms: self.server_ping_ms,
             resumed,
             choice,
         });
