@@ -293,6 +293,9 @@ int main(int argc, char **argv) {
   presently_config_free(bob_config);
   const char *watch[] = {"bob"};
   OK(presently_client_subscribe(alice, watch, 1));
+  /* Nothing is connected yet: a query is refused at once. */
+  uint64_t query_id = 0;
+  CHECK(presently_client_query(alice, watch, 1, &query_id) == PRESENTLY_RESULT_NOT_CONNECTED, "query offline");
   /* Carol gets her events pushed; Dave polls when woken; both share Alice's connection. */
   PresentlyClient *carol = NULL, *dave = NULL;
   OK(presently_client_new(config, &carol));
@@ -306,8 +309,6 @@ int main(int argc, char **argv) {
   CHECK(presently_client_subscribe(alice, NULL, 1) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL list");
   const char *bad_ids[] = {""};
   CHECK(presently_client_subscribe(alice, bad_ids, 1) == PRESENTLY_RESULT_INVALID_ARGUMENT, "empty user id");
-  uint64_t query_id = 0;
-  CHECK(presently_client_query(alice, watch, 1, &query_id) == PRESENTLY_RESULT_NOT_CONNECTED, "query offline");
   OK(presently_client_connect(alice));
   OK(presently_client_connect(bob));
   CHECK(drain_until(alice, is_connected, NULL, WAIT_MS), "alice connected");
