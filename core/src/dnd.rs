@@ -10,22 +10,130 @@
 //! - a local time that exists twice (fall-back) means its first occurrence.
 //!
 //! A window occurrence that these rules make empty (start and end both inside one gap) is skipped.
+//!
+//! Timezones come from one of two places ([`Zone`]): the IANA database compiled in by chrono-tz (feature `tzdb`,
+//! on by default), or the host, which answers "what is the UTC offset at this instant?" (a browser's `Intl`
+//! knows every zone, so the WebAssembly build does not carry a second copy of the database). Both give the same
+//! results: local-to-UTC resolution is derived from offsets alone.
 //! [`DndSchedule::state_at`] computes, exactly, whether DND is on, until when, and when it next starts, so a
 //! client arms one timer for the next transition instead of checking every minute.
 
 use core::fmt;
 use core::str::FromStr;
 
+use std::sync::Arc;
+
 use chrono::{
-    DateTime, Datelike, Days, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc,
-    Weekday,
+    DateTime, Datelike, Days, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday,
 };
-use chrono_tz::Tz;
+
+/// Answers a timezone's UTC offset, in seconds east of UTC, at an instant given in Unix seconds; `None` when it
+/// cannot tell (the instant is then read as UTC).
+pub type OffsetFn = Arc<dyn Fn(i64) -> Option<i32> + Send + Sync>;
+
+/// A timezone: from the compiled-in IANA database, or from the host.
+#[derive(Clone)]
+pub enum Zone {
+    /// A zone of the IANA database compiled in by chrono-tz.
+    #[cfg(feature = "tzdb")]
+    Tzdb(chrono_tz::Tz),
+    /// A zone the host knows (e.g. the browser's `Intl`), by name and offset function.
+    Host {
+        /// The IANA name.
+        name: String,
+        /// The zone's offset at an instant.
+        offset_at: OffsetFn,
+    },
+}
+
+impl Zone {
+    /// A zone of the compiled-in IANA database, by name (`"Europe/Berlin"`).
+    #[cfg(feature = "tzdb")]
+    pub fn named(name: &str) -> Result<Zone, ScheduleError> {
+        name.trim()
+            .parse::<chrono_tz::Tz>()
+            .map(Zone::Tzdb)
+            .map_err(|_| ScheduleError::UnknownTimezone(name.to_owned()))
+    }
+
+    /// A zone the host knows: `offset_at(unix_seconds)` gives its UTC offset in seconds at that instant.
+    pub fn host(
+        name: impl Into<String>,
+        offset_at: impl Fn(i64) -> Option<i32> + Send + Sync + 'static,
+    ) -> Zone {
+        Zone::Host {
+            name: name.into(),
+            offset_at: Arc::new(offset_at),
+        }
+    }
+
+    /// The IANA name.
+    pub fn name(&self) -> &str {
+        match self {
+            #[cfg(feature = "tzdb")]
+            Zone::Tzdb(tz) => tz.name(),
+            Zone::Host { name, .. } => name,
+        }
+    }
+
+    /// The UTC offset in seconds at `instant`.
+    pub fn offset_at(&self, instant: DateTime<Utc>) -> i32 {
+        match self {
+            #[cfg(feature = "tzdb")]
+            Zone::Tzdb(tz) => {
+                use chrono::Offset;
+                tz.offset_from_utc_datetime(&instant.naive_utc())
+                    .fix()
+                    .local_minus_utc()
+            }
+            Zone::Host { offset_at, .. } => offset_at(instant.timestamp()).unwrap_or(0),
+        }
+    }
+
+    /// The local date and time at `instant`.
+    pub fn local(&self, instant: DateTime<Utc>) -> NaiveDateTime {
+        instant.naive_utc() + chrono::TimeDelta::seconds(i64::from(self.offset_at(instant)))
+    }
+
+    /// The instants at which local time reads `local`: none in a gap, two in a fold (earlier first).
+    fn instants(&self, local: NaiveDateTime) -> Vec<DateTime<Utc>> {
+        let as_utc = Utc.from_utc_datetime(&local);
+        // Offsets in force a day either side cover every transition near `local` (transitions are days apart).
+        let mut offsets = [
+            self.offset_at(as_utc - chrono::TimeDelta::days(1)),
+            self.offset_at(as_utc + chrono::TimeDelta::days(1)),
+        ];
+        offsets.sort_unstable();
+        let mut found: Vec<DateTime<Utc>> = offsets
+            .iter()
+            .rev()
+            .map(|&offset| as_utc - chrono::TimeDelta::seconds(i64::from(offset)))
+            .filter(|&instant| self.local(instant) == local)
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    }
+}
+
+impl fmt::Debug for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Eq for Zone {}
 
 /// Why a schedule, window, day or time is invalid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScheduleError {
-    /// The timezone is not an IANA name chrono-tz knows.
+    /// The timezone is not an IANA name the timezone database knows.
     UnknownTimezone(String),
     /// A time is not `HH:MM` between `00:00` and `23:59`.
     InvalidTime(String),
@@ -262,7 +370,7 @@ impl DndWindow {
 /// A weekly DND schedule in one IANA timezone.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DndSchedule {
-    timezone: Tz,
+    timezone: Zone,
     windows: Vec<DndWindow>,
     message: Option<String>,
 }
@@ -297,15 +405,20 @@ const LOOKAHEAD_DAYS: u64 = 9;
 const ENDLESS_DAYS: u64 = 60;
 
 impl DndSchedule {
-    /// A schedule in `timezone` (an IANA name such as `"America/New_York"`) with at least one window.
+    /// A schedule in `timezone` (an IANA name such as `"America/New_York"`, from the compiled-in database) with at
+    /// least one window.
+    #[cfg(feature = "tzdb")]
     pub fn new(timezone: &str, windows: Vec<DndWindow>) -> Result<Self, ScheduleError> {
-        let timezone = Tz::from_str(timezone.trim())
-            .map_err(|_| ScheduleError::UnknownTimezone(timezone.to_owned()))?;
+        DndSchedule::in_zone(Zone::named(timezone)?, windows)
+    }
+
+    /// A schedule in `zone` (from the database or the host) with at least one window.
+    pub fn in_zone(zone: Zone, windows: Vec<DndWindow>) -> Result<Self, ScheduleError> {
         if windows.is_empty() {
             return Err(ScheduleError::NoWindows);
         }
         Ok(DndSchedule {
-            timezone,
+            timezone: zone,
             windows,
             message: None,
         })
@@ -323,8 +436,8 @@ impl DndSchedule {
     }
 
     /// The timezone.
-    pub fn timezone(&self) -> Tz {
-        self.timezone
+    pub fn timezone(&self) -> &Zone {
+        &self.timezone
     }
 
     /// The windows.
@@ -339,7 +452,7 @@ impl DndSchedule {
 
     /// The UTC instant a local date and time means, by the DST rules of the module documentation.
     pub fn resolve(&self, local: NaiveDateTime) -> DateTime<Utc> {
-        resolve(self.timezone, local)
+        resolve(&self.timezone, local)
     }
 
     /// The DND periods that begin on local dates `first..=last`, merged where they overlap or touch, in order.
@@ -384,7 +497,7 @@ impl DndSchedule {
 
     /// Whether DND is on at `now`, until when, and when it next starts — exactly, with no sampling.
     pub fn state_at(&self, now: DateTime<Utc>) -> ScheduleState {
-        let today = now.with_timezone(&self.timezone).date_naive();
+        let today = self.timezone.local(now).date();
         // Periods that started up to two days ago may still be running (a window crossing midnight, merged with
         // the next day's).
         let first = today.checked_sub_days(Days::new(2)).unwrap_or(today);
@@ -433,19 +546,16 @@ impl DndSchedule {
 }
 
 /// Local date-time to UTC: gaps resolve to the first valid instant after, ambiguities to the first occurrence.
-fn resolve(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
+fn resolve(zone: &Zone, local: NaiveDateTime) -> DateTime<Utc> {
     let mut probe = local;
     // Gaps are at most a few hours long; step forward minute by minute until the local time exists.
     for _ in 0..=(26 * 60) {
-        match tz.from_local_datetime(&probe) {
-            LocalResult::Single(t) => return t.with_timezone(&Utc),
-            LocalResult::Ambiguous(a, b) => {
-                return a.with_timezone(&Utc).min(b.with_timezone(&Utc));
-            }
-            LocalResult::None => match probe.checked_add_signed(chrono::TimeDelta::minutes(1)) {
-                Some(next) => probe = next,
-                None => break,
-            },
+        if let Some(&first) = zone.instants(probe).first() {
+            return first;
+        }
+        match probe.checked_add_signed(chrono::TimeDelta::minutes(1)) {
+            Some(next) => probe = next,
+            None => break,
         }
     }
     // Not reached for real timezones; read the local time as UTC rather than fail.

@@ -26,12 +26,15 @@ pub mod time;
 
 pub use backoff::ReconnectPolicy;
 pub use chrono;
+#[cfg(feature = "tzdb")]
 pub use chrono_tz;
 pub use client::{
     Client, ClientConfig, ConnectionState, Event, QueryError, QueryId, SessionInfo, Stats,
     TransportCommand,
 };
-pub use dnd::{DaySet, DndSchedule, DndWindow, LocalTime, ScheduleError, ScheduleState};
+pub use dnd::{
+    DaySet, DndSchedule, DndWindow, LocalTime, OffsetFn, ScheduleError, ScheduleState, Zone,
+};
 pub use own_status::{AutomationConfig, DndSource, DndState, StatusReason};
 pub use protocol::{
     Activity, Auto, AutoState, Availability, Choice, ClientInfo, ErrorCode, Presence, Privacy,

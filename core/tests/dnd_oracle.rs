@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use jiff::civil;
 use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{Timestamp, ToSpan};
-use presently_core::{DaySet, DndSchedule, DndWindow, LocalTime};
+use presently_core::{DaySet, DndSchedule, DndWindow, LocalTime, Zone};
 use proptest::prelude::*;
 
 /// Zones whose rules have not changed recently (so both tz databases agree), with odd offsets and DST kinds.
@@ -151,6 +151,17 @@ proptest! {
         .unwrap();
         let occ = occurrences(&tz, &windows, now);
         let state = schedule.state_at(to_chrono(now));
+        // The same schedule with the zone from the host (as the browser build does with Intl): offsets only, here
+        // from jiff's own database, must give the same answer.
+        let host_tz = tz.clone();
+        let host = DndSchedule::in_zone(
+            Zone::host(zone, move |secs| {
+                Timestamp::from_second(secs).ok().map(|t| host_tz.to_offset(t).seconds())
+            }),
+            schedule.windows().to_vec(),
+        )
+        .unwrap();
+        prop_assert_eq!(host.state_at(to_chrono(now)), state, "host zone vs database zone");
 
         let expected_active = active(&occ, now);
         prop_assert_eq!(state.active, expected_active, "active at {}", now);

@@ -1,0 +1,1365 @@
+//! Presently in the browser: the sans-IO core (`presently-core`) driven by `web_sys::WebSocket` and gloo-timers.
+//! No tokio: the driver feeds the core the socket's events and `performance.now()`, sends what it asks to send,
+//! and arms one timer for its next deadline. The JavaScript API is [`PresenceClient`]; its TypeScript types are
+//! written out below (no `any`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use presently_core as core;
+use presently_core::{Instant, TransportCommand};
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &'static str = r#"
+/** What watchers see. `invisible` is a choice; watchers see it as `offline`. */
+export type Availability = "online" | "away" | "busy" | "offline" | "invisible";
+
+/** What a user is doing, e.g. `{ kind: "in_studio", detail: "Ableton Live 12" }`. */
+export interface Activity {
+  kind: string;
+  detail?: string;
+}
+
+/** A watched (or queried) user's presence. Times are Unix milliseconds. */
+export interface Presence {
+  userId: string;
+  availability: Availability;
+  message?: string;
+  activity?: Activity;
+  lastActiveAt?: number;
+  since?: number;
+}
+
+/** Why your own status is what it is. */
+export type StatusReason = "manual" | "idle" | "dnd" | "lifecycle";
+
+/** Your own effective status: what watchers see, and why. */
+export interface OwnStatus {
+  availability: Availability;
+  message?: string;
+  activity?: Activity;
+  reason: StatusReason;
+}
+
+/** The connection's state. */
+export type ConnectionState =
+  | { state: "idle" }
+  | { state: "connecting"; attempt: number }
+  | { state: "connected"; sessionId: string }
+  | { state: "reconnecting"; attempt: number; retryInMs: number; reason: string }
+  | { state: "closed" }
+  | { state: "failed"; code: string; message: string };
+
+/** An error: from the server (`fatal` ones stop the client), or why a call failed. */
+export interface PresenceError {
+  code: string;
+  message: string;
+  fatal: boolean;
+}
+
+/** One weekly quiet window: `days` like "weekdays", "sat,sun" or "daily"; times are local "HH:MM". */
+export interface DndWindow {
+  days: string;
+  start: string;
+  end: string;
+}
+
+/** A weekly do-not-disturb schedule in an IANA timezone, correct across DST changes and midnight. */
+export interface DndSchedule {
+  timezone: string;
+  windows: DndWindow[];
+  message?: string;
+}
+
+/** Whether do-not-disturb is on, until when and when it next starts (Unix milliseconds). */
+export interface DndState {
+  active: boolean;
+  source?: "schedule" | "snooze";
+  until?: number;
+  nextStart?: number;
+  snoozedUntil?: number;
+  message?: string;
+}
+
+/** What you set with `setStatus`. */
+export interface StatusUpdate {
+  availability: Exclude<Availability, "offline">;
+  message?: string;
+  activity?: Activity;
+}
+
+/** How a client is set up. Durations are in milliseconds; leave one out for its default. */
+export interface PresenceClientOptions {
+  /** The server, `wss://…/v1/ws` (or `ws://` for development). */
+  url: string;
+  /** A fixed token; or give `getToken`. */
+  token?: string;
+  /** Asked for a fresh token before every connection attempt. */
+  getToken?: () => string | Promise<string>;
+  appName?: string;
+  appVersion?: string;
+  platform?: string;
+  /** Away after this long without activity; 0 turns idle detection off. Default 300000. */
+  idleTimeoutMs?: number;
+  /** An `idleWarning` event this long before going away; default none. */
+  idleWarningMs?: number;
+  /** Away this long after the tab is hidden; 0 never. Default 60000. */
+  backgroundAwayMs?: number;
+  /** Reconnect delays: full jitter, doubling from the base to the max. Defaults 500 and 30000. */
+  reconnectBaseDelayMs?: number;
+  reconnectMaxDelayMs?: number;
+  /** Quiet hours from the start. */
+  dnd?: DndSchedule;
+}
+"#;
+
+// ----- JavaScript-facing records -----
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsActivity {
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsPresence {
+    user_id: String,
+    availability: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activity: Option<JsActivity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_active_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsOwnStatus {
+    availability: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    activity: Option<JsActivity>,
+    reason: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+enum JsState {
+    Idle,
+    Connecting {
+        attempt: u32,
+    },
+    #[serde(rename_all = "camelCase")]
+    Connected {
+        session_id: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    Reconnecting {
+        attempt: u32,
+        retry_in_ms: u64,
+        reason: String,
+    },
+    Closed,
+    Failed {
+        code: String,
+        message: String,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsDndState {
+    active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_start: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snoozed_until: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JsError {
+    code: String,
+    message: String,
+    fatal: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Options {
+    url: String,
+    token: Option<String>,
+    app_name: Option<String>,
+    app_version: Option<String>,
+    platform: Option<String>,
+    idle_timeout_ms: Option<f64>,
+    idle_warning_ms: Option<f64>,
+    background_away_ms: Option<f64>,
+    reconnect_base_delay_ms: Option<f64>,
+    reconnect_max_delay_ms: Option<f64>,
+    dnd: Option<Schedule>,
+}
+
+#[derive(Deserialize)]
+struct Window {
+    days: String,
+    start: String,
+    end: String,
+}
+
+#[derive(Deserialize)]
+struct Schedule {
+    timezone: String,
+    windows: Vec<Window>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Update {
+    availability: String,
+    message: Option<String>,
+    activity: Option<ActivityIn>,
+}
+
+#[derive(Deserialize)]
+struct ActivityIn {
+    kind: String,
+    detail: Option<String>,
+}
+
+fn availability_name(a: core::Availability) -> &'static str {
+    match a {
+        core::Availability::Online => "online",
+        core::Availability::Away => "away",
+        core::Availability::Busy => "busy",
+        core::Availability::Offline => "offline",
+        core::Availability::Invisible => "invisible",
+    }
+}
+
+fn activity(a: Option<core::Activity>) -> Option<JsActivity> {
+    a.map(|a| JsActivity {
+        kind: a.kind,
+        detail: a.detail,
+    })
+}
+
+fn presence(p: core::Presence) -> JsPresence {
+    JsPresence {
+        user_id: p.user_id,
+        availability: availability_name(p.availability),
+        message: p.message,
+        activity: activity(p.activity),
+        last_active_at: p.last_active_at,
+        since: p.since,
+    }
+}
+
+fn own_status(status: core::Status, reason: core::StatusReason) -> JsOwnStatus {
+    JsOwnStatus {
+        availability: availability_name(status.availability),
+        message: status.message,
+        activity: activity(status.activity),
+        reason: reason.as_str(),
+    }
+}
+
+fn state(s: &core::ConnectionState) -> JsState {
+    match s.clone() {
+        core::ConnectionState::Idle => JsState::Idle,
+        core::ConnectionState::Connecting { attempt } => JsState::Connecting { attempt },
+        core::ConnectionState::Connected { session_id } => JsState::Connected { session_id },
+        core::ConnectionState::Reconnecting {
+            attempt,
+            delay,
+            reason,
+            ..
+        } => JsState::Reconnecting {
+            attempt,
+            retry_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            reason,
+        },
+        core::ConnectionState::Closed => JsState::Closed,
+        core::ConnectionState::Failed { code, message } => JsState::Failed {
+            code: code.as_str().to_owned(),
+            message,
+        },
+    }
+}
+
+/// A JavaScript value for `value` (plain objects; `undefined` for absent fields).
+fn to_js<T: Serialize>(value: &T) -> JsValue {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true))
+        .unwrap_or(JsValue::UNDEFINED)
+}
+
+/// A `PresenceError` object.
+fn error_value(code: &str, message: impl Into<String>, fatal: bool) -> JsValue {
+    to_js(&JsError {
+        code: code.to_owned(),
+        message: message.into(),
+        fatal,
+    })
+}
+
+/// An `Error` to throw for bad input.
+fn invalid(message: impl std::fmt::Display) -> JsValue {
+    js_sys::Error::new(&format!("invalid argument: {message}")).into()
+}
+
+/// Milliseconds from JavaScript (a number) as an optional duration: 0 means off; negative or not finite is
+/// an error.
+fn millis(name: &str, ms: f64) -> Result<Option<Duration>, JsValue> {
+    if !ms.is_finite() || ms < 0.0 {
+        return Err(invalid(format!(
+            "{name} must be a number of milliseconds >= 0"
+        )));
+    }
+    Ok((ms >= 1.0).then(|| Duration::from_millis(ms as u64)))
+}
+
+// ----- timezones from the browser -----
+
+#[wasm_bindgen]
+extern "C" {
+    /// `Intl.DateTimeFormat`, bound with a constructor that reports a `RangeError` (unknown zone) as `Err`.
+    #[wasm_bindgen(js_namespace = Intl, js_name = DateTimeFormat)]
+    #[derive(Clone)]
+    type ZoneFormat;
+
+    #[wasm_bindgen(constructor, js_namespace = Intl, js_class = "DateTimeFormat", catch)]
+    fn new(locales: &str, options: &JsValue) -> Result<ZoneFormat, JsValue>;
+
+    #[wasm_bindgen(method, js_name = formatToParts)]
+    fn format_to_parts(this: &ZoneFormat, date: &js_sys::Date) -> js_sys::Array;
+}
+
+thread_local! {
+    /// One formatter per zone: making one costs far more than using it.
+    static FORMATS: RefCell<HashMap<String, ZoneFormat>> = RefCell::new(HashMap::new());
+}
+
+/// A formatter that writes an instant's local date and time in `zone`, or why not.
+fn zone_format(zone: &str) -> Result<ZoneFormat, JsValue> {
+    if let Some(format) = FORMATS.with(|f| f.borrow().get(zone).cloned()) {
+        return Ok(format);
+    }
+    let options = js_sys::Object::new();
+    for (key, value) in [
+        ("timeZone", zone),
+        ("hourCycle", "h23"),
+        ("year", "numeric"),
+        ("month", "numeric"),
+        ("day", "numeric"),
+        ("hour", "numeric"),
+        ("minute", "numeric"),
+        ("second", "numeric"),
+    ] {
+        js_sys::Reflect::set(&options, &key.into(), &value.into())?;
+    }
+    let format = ZoneFormat::new("en-US", &options)?;
+    FORMATS.with(|f| f.borrow_mut().insert(zone.to_owned(), format.clone()));
+    Ok(format)
+}
+
+/// `zone`'s UTC offset in seconds at `unix_seconds`, from the browser's own timezone database.
+fn intl_offset(zone: &str, unix_seconds: i64) -> Option<i32> {
+    let format = zone_format(zone).ok()?;
+    let date = js_sys::Date::new(&JsValue::from_f64(unix_seconds as f64 * 1000.0));
+    let mut fields = [0i64; 6];
+    for part in format.format_to_parts(&date).iter() {
+        let kind = js_sys::Reflect::get(&part, &"type".into())
+            .ok()?
+            .as_string()?;
+        let slot = match kind.as_str() {
+            "year" => 0,
+            "month" => 1,
+            "day" => 2,
+            "hour" => 3,
+            "minute" => 4,
+            "second" => 5,
+            _ => continue,
+        };
+        let value = js_sys::Reflect::get(&part, &"value".into())
+            .ok()?
+            .as_string()?;
+        fields[slot] = value.parse().ok()?;
+    }
+    let [year, month, day, hour, minute, second] = fields;
+    let local = core::chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(year).ok()?,
+        u32::try_from(month).ok()?,
+        u32::try_from(day).ok()?,
+    )?
+    .and_hms_opt(
+        u32::try_from(hour).ok()?,
+        u32::try_from(minute).ok()?,
+        u32::try_from(second).ok()?,
+    )?;
+    let utc = core::chrono::DateTime::from_timestamp(unix_seconds, 0)?.naive_utc();
+    i32::try_from((local - utc).num_seconds()).ok()
+}
+
+/// A DND timezone answered by the browser's `Intl` (every IANA zone it knows, with no database in the module).
+fn intl_zone(name: &str) -> Result<core::Zone, JsValue> {
+    let name = name.trim().to_owned();
+    if name.is_empty() || zone_format(&name).is_err() {
+        return Err(invalid(core::ScheduleError::UnknownTimezone(name)));
+    }
+    let zone = name.clone();
+    Ok(core::Zone::host(name, move |secs| intl_offset(&zone, secs)))
+}
+
+fn schedule(s: Schedule) -> Result<core::DndSchedule, JsValue> {
+    let windows = s
+        .windows
+        .iter()
+        .map(|w| core::DndWindow::parse(&w.days, &w.start, &w.end))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let schedule = core::DndSchedule::in_zone(intl_zone(&s.timezone)?, windows).map_err(invalid)?;
+    match s.message {
+        Some(m) => schedule.with_message(m).map_err(invalid),
+        None => Ok(schedule),
+    }
+}
+
+// ----- the driver -----
+
+/// The page's monotonic clock, in milliseconds.
+fn now() -> Instant {
+    let ms = web_sys::window()
+        .and_then(|w| w.performance())
+        .map_or(0.0, |p| p.now());
+    Instant::from_millis(ms.max(0.0) as u64)
+}
+
+/// The wall clock, Unix milliseconds.
+fn unix_ms() -> u64 {
+    js_sys::Date::now().max(0.0) as u64
+}
+
+/// The open (or opening) WebSocket and the closures it calls.
+struct Socket {
+    ws: web_sys::WebSocket,
+    _on_open: Closure<dyn FnMut()>,
+    _on_message: Closure<dyn FnMut(web_sys::MessageEvent)>,
+    _on_close: Closure<dyn FnMut(web_sys::CloseEvent)>,
+    _on_error: Closure<dyn FnMut()>,
+}
+
+impl Socket {
+    fn shut(&self) {
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+        self.ws.set_onerror(None);
+        let _ = self.ws.close_with_code(1000);
+    }
+}
+
+#[derive(Default)]
+struct Listeners {
+    next_id: u32,
+    presence: Vec<(u32, js_sys::Function)>,
+    own_status: Vec<(u32, js_sys::Function)>,
+    state: Vec<(u32, js_sys::Function)>,
+    error: Vec<(u32, js_sys::Function)>,
+    idle_warning: Vec<(u32, js_sys::Function)>,
+}
+
+type Waiter = (js_sys::Function, js_sys::Function);
+
+/// A listener on the page (window or document) kept for the client's life: target, event type, closure.
+type PageListener = (
+    web_sys::EventTarget,
+    &'static str,
+    Closure<dyn FnMut(web_sys::Event)>,
+);
+
+struct Driver {
+    core: core::Client,
+    url: String,
+    socket: Option<Socket>,
+    /// Counts sockets, so that events of an old one are ignored.
+    generation: u64,
+    timer: Option<gloo_timers::callback::Timeout>,
+    timer_at: Option<Instant>,
+    get_token: Option<js_sys::Function>,
+    listeners: Listeners,
+    connect_waiters: Vec<Waiter>,
+    close_waiters: Vec<js_sys::Function>,
+    queries: HashMap<core::QueryId, Waiter>,
+    idle_warning_ms: u64,
+    page_listeners: Vec<PageListener>,
+}
+
+/// What to tell JavaScript after the core moved, collected while the driver is borrowed and delivered after.
+enum Call {
+    Listeners(Vec<js_sys::Function>, JsValue),
+    Resolve(js_sys::Function, JsValue),
+}
+
+type Shared = Rc<RefCell<Driver>>;
+
+/// Runs the core's outputs: frames out, transport commands, events, and the next timer; then tells JavaScript.
+fn pump(shared: &Shared) {
+    let calls = {
+        let Ok(mut d) = shared.try_borrow_mut() else {
+            return;
+        };
+        let t = now();
+        d.core.handle_wall_clock(t, unix_ms());
+        let mut calls = Vec::new();
+        loop {
+            let mut progressed = false;
+            while let Some(frame) = d.core.poll_transmit() {
+                progressed = true;
+                let sent = d.socket.as_ref().map(|s| s.ws.send_with_str(&frame));
+                if !matches!(sent, Some(Ok(()))) {
+                    d.core
+                        .handle_transport_closed("the WebSocket refused a frame", now());
+                }
+            }
+            while let Some(command) = d.core.poll_transport() {
+                progressed = true;
+                match command {
+                    TransportCommand::Open => open(shared, &mut d),
+                    TransportCommand::Close => {
+                        if let Some(socket) = d.socket.take() {
+                            socket.shut();
+                        }
+                    }
+                }
+            }
+            while let Some(event) = d.core.poll_event() {
+                progressed = true;
+                collect(&mut d, event, &mut calls);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        arm_timer(shared, &mut d);
+        calls
+    };
+    for call in calls {
+        match call {
+            Call::Listeners(functions, value) => {
+                for f in functions {
+                    // A listener that throws must not stop the others, nor the client.
+                    let _ = f.call1(&JsValue::NULL, &value);
+                }
+            }
+            Call::Resolve(f, value) => {
+                let _ = f.call1(&JsValue::NULL, &value);
+            }
+        }
+    }
+}
+
+fn functions(list: &[(u32, js_sys::Function)]) -> Vec<js_sys::Function> {
+    list.iter().map(|(_, f)| f.clone()).collect()
+}
+
+fn collect(d: &mut Driver, event: core::Event, calls: &mut Vec<Call>) {
+    match event {
+        core::Event::StateChanged { current, .. } => {
+            match &current {
+                core::ConnectionState::Connected { .. } => {
+                    for (resolve, _) in d.connect_waiters.drain(..) {
+                        calls.push(Call::Resolve(resolve, JsValue::UNDEFINED));
+                    }
+                }
+                core::ConnectionState::Failed { code, message } => {
+                    let error = error_value(code.as_str(), message.clone(), true);
+                    for (_, reject) in d.connect_waiters.drain(..) {
+                        calls.push(Call::Resolve(reject, error.clone()));
+                    }
+                }
+                core::ConnectionState::Reconnecting { reason, .. } => {
+                    let error = error_value(
+                        "unreachable",
+                        format!("could not connect: {reason} (retrying in the background)"),
+                        false,
+                    );
+                    for (_, reject) in d.connect_waiters.drain(..) {
+                        calls.push(Call::Resolve(reject, error.clone()));
+                    }
+                }
+                core::ConnectionState::Closed => {
+                    let error = error_value("closed", "the client was closed", false);
+                    for (_, reject) in d.connect_waiters.drain(..) {
+                        calls.push(Call::Resolve(reject, error.clone()));
+                    }
+                    for resolve in d.close_waiters.drain(..) {
+                        calls.push(Call::Resolve(resolve, JsValue::UNDEFINED));
+                    }
+                }
+                _ => {}
+            }
+            calls.push(Call::Listeners(
+                functions(&d.listeners.state),
+                to_js(&state(&current)),
+            ));
+        }
+        core::Event::PresenceChanged { current, .. } => calls.push(Call::Listeners(
+            functions(&d.listeners.presence),
+            to_js(&presence(current)),
+        )),
+        core::Event::OwnStatusChanged { effective, reason } => calls.push(Call::Listeners(
+            functions(&d.listeners.own_status),
+            to_js(&own_status(effective, reason)),
+        )),
+        core::Event::IdleWarning { .. } => calls.push(Call::Listeners(
+            functions(&d.listeners.idle_warning),
+            JsValue::from_f64(d.idle_warning_ms as f64),
+        )),
+        core::Event::ServerError {
+            code,
+            message,
+            fatal,
+        } => calls.push(Call::Listeners(
+            functions(&d.listeners.error),
+            error_value(code.as_str(), message, fatal),
+        )),
+        core::Event::QueryCompleted { query_id, result } => {
+            if let Some((resolve, reject)) = d.queries.remove(&query_id) {
+                match result {
+                    Ok(records) => {
+                        let list: Vec<JsPresence> = records.into_iter().map(presence).collect();
+                        calls.push(Call::Resolve(resolve, to_js(&list)));
+                    }
+                    Err(e) => calls.push(Call::Resolve(
+                        reject,
+                        error_value("query_failed", e.to_string(), false),
+                    )),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Opens a WebSocket for the core (after asking `getToken`, if given).
+fn open(shared: &Shared, d: &mut Driver) {
+    if let Some(socket) = d.socket.take() {
+        socket.shut();
+    }
+    d.generation += 1;
+    let generation = d.generation;
+    match d.get_token.clone() {
+        None => connect_socket(shared, d, generation),
+        Some(get_token) => {
+            let shared = shared.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let token = fetch_token(&get_token).await;
+                let Ok(mut d) = shared.try_borrow_mut() else {
+                    return;
+                };
+                if d.generation != generation {
+                    return;
+                }
+                match token {
+                    Ok(token) => {
+                        d.core.set_token(token);
+                        connect_socket(&shared, &mut d, generation);
+                    }
+                    Err(why) => d.core.handle_transport_closed(&why, now()),
+                }
+                drop(d);
+                pump(&shared);
+            });
+        }
+    }
+}
+
+async fn fetch_token(get_token: &js_sys::Function) -> Result<String, String> {
+    let value = get_token
+        .call0(&JsValue::NULL)
+        .map_err(|e| format!("getToken threw: {e:?}"))?;
+    let value = if value.has_type::<js_sys::Promise>() {
+        wasm_bindgen_futures::JsFuture::from(js_sys::Promise::unchecked_from_js(value))
+            .await
+            .map_err(|e: JsValue| format!("getToken rejected: {e:?}"))?
+    } else {
+        value
+    };
+    value
+        .as_string()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| "getToken gave no token".to_owned())
+}
+
+fn connect_socket(shared: &Shared, d: &mut Driver, generation: u64) {
+    let ws = match web_sys::WebSocket::new(&d.url) {
+        Ok(ws) => ws,
+        Err(e) => {
+            d.core
+                .handle_transport_closed(&format!("cannot open the WebSocket: {e:?}"), now());
+            return;
+        }
+    };
+    let live = {
+        let shared = Rc::downgrade(shared);
+        move || {
+            shared.upgrade().filter(|s| {
+                s.try_borrow()
+                    .map(|d| d.generation == generation)
+                    .unwrap_or(false)
+            })
+        }
+    };
+    let on_open = {
+        let live = live.clone();
+        Closure::<dyn FnMut()>::new(move || {
+            if let Some(shared) = live() {
+                shared.borrow_mut().core.handle_transport_open(now());
+                pump(&shared);
+            }
+        })
+    };
+    let on_message = {
+        let live = live.clone();
+        Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
+            if let Some(shared) = live() {
+                match event.data().as_string() {
+                    Some(text) => shared.borrow_mut().core.handle_frame(&text, now()),
+                    None => shared.borrow_mut().core.handle_inbound_activity(now()),
+                }
+                pump(&shared);
+            }
+        })
+    };
+    let on_close = {
+        let live = live.clone();
+        Closure::<dyn FnMut(web_sys::CloseEvent)>::new(move |event: web_sys::CloseEvent| {
+            if let Some(shared) = live() {
+                let reason = format!(
+                    "the WebSocket closed (code {}{}{})",
+                    event.code(),
+                    if event.reason().is_empty() { "" } else { ": " },
+                    event.reason()
+                );
+                {
+                    let mut d = shared.borrow_mut();
+                    d.socket = None;
+                    d.core.handle_transport_closed(&reason, now());
+                }
+                pump(&shared);
+            }
+        })
+    };
+    // An error is always followed by a close event, which carries the details.
+    let on_error = Closure::<dyn FnMut()>::new(|| {});
+    ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+    ws.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    d.socket = Some(Socket {
+        ws,
+        _on_open: on_open,
+        _on_message: on_message,
+        _on_close: on_close,
+        _on_error: on_error,
+    });
+}
+
+/// Arms one timer for the core's next deadline (none if it has none).
+fn arm_timer(shared: &Shared, d: &mut Driver) {
+    let next = d.core.poll_timeout();
+    if next == d.timer_at && d.timer.is_some() {
+        return;
+    }
+    d.timer = None;
+    d.timer_at = next;
+    if let Some(at) = next {
+        let delay = at.as_millis().saturating_sub(now().as_millis());
+        let weak = Rc::downgrade(shared);
+        d.timer = Some(gloo_timers::callback::Timeout::new(
+            // Browsers fire longer delays at once; a spurious timeout is a no-op for the core.
+            u32::try_from(delay)
+                .unwrap_or(u32::MAX)
+                .min(i32::MAX as u32),
+            move || {
+                if let Some(shared) = weak.upgrade() {
+                    {
+                        let mut d = shared.borrow_mut();
+                        d.timer = None;
+                        d.timer_at = None;
+                        d.core.handle_timeout(now());
+                    }
+                    pump(&shared);
+                }
+            },
+        ));
+    }
+}
+
+// ----- the JavaScript API -----
+
+/// A presence client for the browser: connects, keeps your status right and watches others.
+#[wasm_bindgen]
+pub struct PresenceClient {
+    shared: Shared,
+}
+
+impl PresenceClient {
+    /// Runs `f` on the core at the current time, then acts on its outputs.
+    fn with_core<R>(&self, f: impl FnOnce(&mut core::Client, Instant) -> R) -> R {
+        let result = {
+            let mut d = self.shared.borrow_mut();
+            f(&mut d.core, now())
+        };
+        pump(&self.shared);
+        result
+    }
+
+    fn listen(
+        &self,
+        pick: fn(&mut Listeners) -> &mut Vec<(u32, js_sys::Function)>,
+        f: js_sys::Function,
+    ) -> JsValue {
+        let id = {
+            let mut d = self.shared.borrow_mut();
+            d.listeners.next_id += 1;
+            let id = d.listeners.next_id;
+            pick(&mut d.listeners).push((id, f));
+            id
+        };
+        let weak = Rc::downgrade(&self.shared);
+        Closure::once_into_js(move || {
+            if let Some(shared) = weak.upgrade() {
+                pick(&mut shared.borrow_mut().listeners).retain(|(i, _)| *i != id);
+            }
+        })
+    }
+
+    /// Adds a page listener kept for the client's life.
+    fn on_page(
+        &self,
+        target: web_sys::EventTarget,
+        kind: &'static str,
+        f: impl FnMut(&Shared, web_sys::Event) + 'static,
+    ) {
+        let weak = Rc::downgrade(&self.shared);
+        let mut f = f;
+        let closure = Closure::<dyn FnMut(web_sys::Event)>::new(move |event: web_sys::Event| {
+            if let Some(shared) = weak.upgrade() {
+                f(&shared, event);
+            }
+        });
+        let _ = target.add_event_listener_with_callback(kind, closure.as_ref().unchecked_ref());
+        self.shared
+            .borrow_mut()
+            .page_listeners
+            .push((target, kind, closure));
+    }
+
+    fn install_page_listeners(&self) {
+        if !self.shared.borrow().page_listeners.is_empty() {
+            return;
+        }
+        let Some(window) = web_sys::window() else {
+            return;
+        };
+        let core_call = |f: fn(&mut core::Client, Instant)| {
+            move |shared: &Shared, _event: web_sys::Event| {
+                if let Ok(mut d) = shared.try_borrow_mut() {
+                    f(&mut d.core, now());
+                }
+                pump(shared);
+            }
+        };
+        // Back online: try at once instead of waiting out the backoff.
+        self.on_page(
+            window.clone().into(),
+            "online",
+            core_call(|c, t| c.reconnect_now(t)),
+        );
+        self.on_page(
+            window.clone().into(),
+            "offline",
+            core_call(|c, t| c.reconnect_now(t)),
+        );
+        // Back-forward cache: a page put away loses its socket; a page brought back reconnects at once (the
+        // session resumes if the server still holds it).
+        self.on_page(window.clone().into(), "pagehide", |shared, event| {
+            let persisted = event
+                .dyn_ref::<web_sys::PageTransitionEvent>()
+                .is_some_and(|e| e.persisted());
+            if persisted {
+                if let Ok(mut d) = shared.try_borrow_mut() {
+                    if let Some(socket) = d.socket.take() {
+                        socket.shut();
+                    }
+                    d.core.handle_transport_closed(
+                        "the page went into the back-forward cache",
+                        now(),
+                    );
+                }
+                pump(shared);
+            }
+        });
+        self.on_page(window.clone().into(), "pageshow", |shared, event| {
+            let persisted = event
+                .dyn_ref::<web_sys::PageTransitionEvent>()
+                .is_some_and(|e| e.persisted());
+            if persisted {
+                if let Ok(mut d) = shared.try_borrow_mut() {
+                    d.core.reconnect_now(now());
+                }
+                pump(shared);
+            }
+        });
+        // A hidden tab is the app in the background (away after `backgroundAwayMs`).
+        if let Some(document) = window.document() {
+            let doc = document.clone();
+            self.on_page(document.into(), "visibilitychange", move |shared, _| {
+                let hidden = doc.visibility_state() == web_sys::VisibilityState::Hidden;
+                if let Ok(mut d) = shared.try_borrow_mut() {
+                    if hidden {
+                        d.core.app_backgrounded(now());
+                    } else {
+                        d.core.app_foregrounded(now());
+                    }
+                }
+                pump(shared);
+            });
+        }
+    }
+}
+
+#[wasm_bindgen]
+impl PresenceClient {
+    /// A client with `options`; it does not connect until `connect()`. Throws on invalid options.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        #[wasm_bindgen(unchecked_param_type = "PresenceClientOptions")] options: JsValue,
+    ) -> Result<PresenceClient, JsValue> {
+        let get_token = js_sys::Reflect::get(&options, &JsValue::from_str("getToken"))
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        let parsed: Options = serde_wasm_bindgen::from_value(options).map_err(invalid)?;
+        if !(parsed.url.starts_with("ws://") || parsed.url.starts_with("wss://")) {
+            return Err(invalid(format!(
+                "url must start with ws:// or wss://, not {:?}",
+                parsed.url
+            )));
+        }
+        if parsed.token.is_none() && get_token.is_none() {
+            return Err(invalid("give a token or getToken"));
+        }
+        let mut config = core::ClientConfig::new(parsed.token.clone().unwrap_or_default());
+        config.refreshable_token = get_token.is_some();
+        config.client_info = core::ClientInfo::new(
+            parsed.app_name.unwrap_or_else(|| "presently-web".into()),
+            parsed
+                .app_version
+                .unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+            parsed.platform.unwrap_or_else(|| "browser".into()),
+        );
+        core::protocol::validate_client_info(&config.client_info).map_err(invalid)?;
+        if let Some(ms) = parsed.idle_timeout_ms {
+            config.automation.idle_timeout = millis("idleTimeoutMs", ms)?;
+        }
+        if let Some(ms) = parsed.idle_warning_ms {
+            config.automation.idle_warning = millis("idleWarningMs", ms)?;
+        }
+        if let Some(ms) = parsed.background_away_ms {
+            config.automation.background_away_after = millis("backgroundAwayMs", ms)?;
+        }
+        if parsed.reconnect_base_delay_ms.is_some() || parsed.reconnect_max_delay_ms.is_some() {
+            let base = match parsed.reconnect_base_delay_ms {
+                Some(ms) => millis("reconnectBaseDelayMs", ms)?.unwrap_or(Duration::from_millis(1)),
+                None => config.reconnect.base_delay,
+            };
+            let max = match parsed.reconnect_max_delay_ms {
+                Some(ms) => millis("reconnectMaxDelayMs", ms)?.unwrap_or(Duration::from_millis(1)),
+                None => config.reconnect.max_delay,
+            };
+            if base > max {
+                return Err(invalid(
+                    "reconnectBaseDelayMs must not exceed reconnectMaxDelayMs",
+                ));
+            }
+            config.reconnect.base_delay = base;
+            config.reconnect.max_delay = max;
+        }
+        let idle_warning_ms = config
+            .automation
+            .idle_warning
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let dnd = parsed.dnd.map(schedule).transpose()?;
+        let mut seed = [0u8; 8];
+        for byte in &mut seed {
+            *byte = (js_sys::Math::random() * 256.0) as u8;
+        }
+        let mut core = core::Client::new(config, u64::from_le_bytes(seed));
+        let t = now();
+        core.handle_wall_clock(t, unix_ms());
+        // Creating the client is the app starting: idle time counts from here.
+        core.handle_activity(t, t);
+        if dnd.is_some() {
+            core.set_dnd_schedule(dnd, t);
+        }
+        let client = PresenceClient {
+            shared: Rc::new(RefCell::new(Driver {
+                core,
+                url: parsed.url,
+                socket: None,
+                generation: 0,
+                timer: None,
+                timer_at: None,
+                get_token,
+                listeners: Listeners::default(),
+                connect_waiters: Vec::new(),
+                close_waiters: Vec::new(),
+                queries: HashMap::new(),
+                idle_warning_ms,
+                page_listeners: Vec::new(),
+            })),
+        };
+        pump(&client.shared);
+        Ok(client)
+    }
+
+    /// Connects; resolves once connected (from then on the client reconnects by itself). Rejects with a
+    /// `PresenceError`: `unreachable` if the first attempt failed (retrying goes on), the server's code if it
+    /// refused the client (e.g. `invalid_token`), `closed` if `close()` came first.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn connect(&self) -> js_sys::Promise {
+        self.install_page_listeners();
+        let connected = matches!(
+            self.shared.borrow().core.state(),
+            core::ConnectionState::Connected { .. }
+        );
+        if connected {
+            return js_sys::Promise::resolve(&JsValue::UNDEFINED);
+        }
+        let shared = self.shared.clone();
+        let promise = js_sys::Promise::new(&mut |resolve, reject| {
+            shared.borrow_mut().connect_waiters.push((resolve, reject));
+        });
+        self.with_core(|c, t| c.connect(t));
+        promise
+    }
+
+    /// Says goodbye to the server (watchers see you offline at once) and stops; resolves when closed.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn close(&self) -> js_sys::Promise {
+        let idle = matches!(
+            self.shared.borrow().core.state(),
+            core::ConnectionState::Idle
+                | core::ConnectionState::Closed
+                | core::ConnectionState::Failed { .. }
+        );
+        let shared = self.shared.clone();
+        let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+            if idle {
+                let _ = resolve.call0(&JsValue::NULL);
+            } else {
+                shared.borrow_mut().close_waiters.push(resolve);
+            }
+        });
+        self.with_core(|c, t| c.close(t));
+        let listeners = std::mem::take(&mut self.shared.borrow_mut().page_listeners);
+        for (target, kind, closure) in listeners {
+            let _ =
+                target.remove_event_listener_with_callback(kind, closure.as_ref().unchecked_ref());
+        }
+        promise
+    }
+
+    /// Sets your status (`invisible` appears offline to others). Kept across reconnects; idle, hidden-tab and DND
+    /// rules may override it for a while. Throws on invalid input (e.g. a message over 200 characters).
+    #[wasm_bindgen(js_name = setStatus)]
+    pub fn set_status(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "StatusUpdate")] update: JsValue,
+    ) -> Result<(), JsValue> {
+        let update: Update = serde_wasm_bindgen::from_value(update).map_err(invalid)?;
+        let availability = match update.availability.as_str() {
+            "online" => core::Availability::Online,
+            "away" => core::Availability::Away,
+            "busy" => core::Availability::Busy,
+            "invisible" => core::Availability::Invisible,
+            other => {
+                return Err(invalid(format!(
+                    "availability must be online, away, busy or invisible, not {other:?}"
+                )));
+            }
+        };
+        let mut status = core::Status::new(availability);
+        status.message = update.message;
+        status.activity = update.activity.map(|a| core::Activity {
+            kind: a.kind,
+            detail: a.detail,
+        });
+        self.with_core(|c, t| c.set_status(status, t))
+            .map_err(invalid)
+    }
+
+    /// Watches users; kept across reconnects. Their presence arrives through `onPresence`.
+    pub fn subscribe(&self, users: Vec<String>) -> Result<(), JsValue> {
+        self.with_core(|c, t| c.subscribe(users, t))
+            .map_err(invalid)
+    }
+
+    /// Stops watching users.
+    pub fn unsubscribe(&self, users: Vec<String>) {
+        self.with_core(|c, t| c.unsubscribe(&users, t));
+    }
+
+    /// Asks the server once for users' presence without watching them. Rejects with a `PresenceError` when not
+    /// connected or when the connection drops first.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Presence[]>")]
+    pub fn query(&self, users: Vec<String>) -> js_sys::Promise {
+        let started = self.with_core(|c, t| c.query(&users, t));
+        match started {
+            Err(core::QueryError::NotConnected) => {
+                js_sys::Promise::reject(&error_value("not_connected", "not connected", false))
+            }
+            Err(e) => {
+                js_sys::Promise::reject(&error_value("invalid_argument", e.to_string(), false))
+            }
+            Ok(id) => {
+                let shared = self.shared.clone();
+                js_sys::Promise::new(&mut |resolve, reject| {
+                    shared.borrow_mut().queries.insert(id, (resolve, reject));
+                })
+            }
+        }
+    }
+
+    /// The user did something. Cheap; `attachActivityListeners` calls it for you.
+    #[wasm_bindgen(js_name = recordActivity)]
+    pub fn record_activity(&self) {
+        self.with_core(|c, t| c.handle_activity(t, t));
+    }
+
+    /// Records activity from mouse, keyboard, scroll, touch and focus events on `target` (default: the
+    /// window), at most once a second, and from the page becoming visible. Returns a function that detaches
+    /// the listeners.
+    #[wasm_bindgen(js_name = attachActivityListeners, unchecked_return_type = "() => void")]
+    pub fn attach_activity_listeners(&self, target: Option<web_sys::EventTarget>) -> JsValue {
+        let target: web_sys::EventTarget =
+            match target.or_else(|| web_sys::window().map(Into::into)) {
+                Some(target) => target,
+                None => return Closure::once_into_js(|| {}),
+            };
+        let weak = Rc::downgrade(&self.shared);
+        let last = Rc::new(RefCell::new(f64::NEG_INFINITY));
+        let handler = Closure::<dyn FnMut(web_sys::Event)>::new(move |_event: web_sys::Event| {
+            let t = now().as_millis() as f64;
+            if t - *last.borrow() < 1_000.0 {
+                return;
+            }
+            *last.borrow_mut() = t;
+            if let Some(shared) = weak.upgrade() {
+                if let Ok(mut d) = shared.try_borrow_mut() {
+                    d.core.handle_activity(now(), now());
+                }
+                pump(&shared);
+            }
+        });
+        const KINDS: [&str; 8] = [
+            "mousemove",
+            "mousedown",
+            "keydown",
+            "wheel",
+            "scroll",
+            "touchstart",
+            "focus",
+            "pointerdown",
+        ];
+        let options = web_sys::AddEventListenerOptions::new();
+        options.set_passive(true);
+        for kind in KINDS {
+            let _ = target.add_event_listener_with_callback_and_add_event_listener_options(
+                kind,
+                handler.as_ref().unchecked_ref(),
+                &options,
+            );
+        }
+        let document = web_sys::window().and_then(|w| w.document());
+        if let Some(document) = &document {
+            let _ = document.add_event_listener_with_callback(
+                "visibilitychange",
+                handler.as_ref().unchecked_ref(),
+            );
+        }
+        Closure::once_into_js(move || {
+            for kind in KINDS {
+                let _ = target
+                    .remove_event_listener_with_callback(kind, handler.as_ref().unchecked_ref());
+            }
+            if let Some(document) = &document {
+                let _ = document.remove_event_listener_with_callback(
+                    "visibilitychange",
+                    handler.as_ref().unchecked_ref(),
+                );
+            }
+            drop(handler);
+        })
+    }
+
+    /// Replaces the weekly do-not-disturb schedule (`undefined` removes it). Throws on an unknown timezone or
+    /// an invalid day or time.
+    #[wasm_bindgen(js_name = setDndSchedule)]
+    pub fn set_dnd_schedule(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "DndSchedule | undefined")] value: JsValue,
+    ) -> Result<(), JsValue> {
+        let schedule = if value.is_undefined() || value.is_null() {
+            None
+        } else {
+            let parsed: Schedule = serde_wasm_bindgen::from_value(value).map_err(invalid)?;
+            Some(schedule(parsed)?)
+        };
+        self.with_core(|c, t| c.set_dnd_schedule(schedule, t));
+        Ok(())
+    }
+
+    /// Do not disturb now, for `durationMs` milliseconds, with an optional message.
+    #[wasm_bindgen(js_name = snoozeDnd)]
+    pub fn snooze_dnd(
+        &self,
+        #[wasm_bindgen(js_name = durationMs)] duration_ms: f64,
+        message: Option<String>,
+    ) -> Result<(), JsValue> {
+        let duration = millis("durationMs", duration_ms)?
+            .ok_or_else(|| invalid("durationMs must be at least 1"))?;
+        self.with_core(|c, t| {
+            c.snooze_dnd(
+                Instant::from_millis(t.as_millis() + duration.as_millis() as u64),
+                message,
+                t,
+            )
+        })
+        .map_err(invalid)
+    }
+
+    /// Ends a snooze early.
+    #[wasm_bindgen(js_name = endSnooze)]
+    pub fn end_snooze(&self) {
+        self.with_core(|c, t| c.end_snooze(t));
+    }
+
+    /// Whether do-not-disturb is on now, until when, and when the schedule next turns it on.
+    #[wasm_bindgen(js_name = dndState, unchecked_return_type = "DndState")]
+    pub fn dnd_state(&self) -> JsValue {
+        let state = self.shared.borrow().core.dnd_state(now());
+        to_js(&JsDndState {
+            active: state.active,
+            source: state.source.map(|s| match s {
+                core::DndSource::Schedule => "schedule",
+                core::DndSource::Snooze => "snooze",
+            }),
+            until: state.until,
+            next_start: state.next_start,
+            snoozed_until: state.snoozed_until,
+            message: state.message,
+        })
+    }
+
+    /// The connection's state now.
+    #[wasm_bindgen(unchecked_return_type = "ConnectionState")]
+    pub fn state(&self) -> JsValue {
+        to_js(&state(self.shared.borrow().core.state()))
+    }
+
+    /// Your own effective status now.
+    #[wasm_bindgen(js_name = ownStatus, unchecked_return_type = "OwnStatus")]
+    pub fn own_status(&self) -> JsValue {
+        let d = self.shared.borrow();
+        to_js(&own_status(
+            d.core.effective_status().clone(),
+            d.core.status_reason(),
+        ))
+    }
+
+    /// Every watched user whose presence is known.
+    #[wasm_bindgen(unchecked_return_type = "Presence[]")]
+    pub fn roster(&self) -> JsValue {
+        let list: Vec<JsPresence> = self
+            .shared
+            .borrow()
+            .core
+            .roster()
+            .cloned()
+            .map(presence)
+            .collect();
+        to_js(&list)
+    }
+
+    /// Calls `listener` when a watched user's presence changes or becomes known. Returns a function that removes
+    /// it.
+    #[wasm_bindgen(js_name = onPresence, unchecked_return_type = "() => void")]
+    pub fn on_presence(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(presence: Presence) => void")]
+        listener: js_sys::Function,
+    ) -> JsValue {
+        self.listen(|l| &mut l.presence, listener)
+    }
+
+    /// Calls `listener` when your own effective status changes. Returns a function that removes it.
+    #[wasm_bindgen(js_name = onOwnStatus, unchecked_return_type = "() => void")]
+    pub fn on_own_status(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(status: OwnStatus) => void")]
+        listener: js_sys::Function,
+    ) -> JsValue {
+        self.listen(|l| &mut l.own_status, listener)
+    }
+
+    /// Calls `listener` when the connection state changes. Returns a function that removes it.
+    #[wasm_bindgen(js_name = onStateChange, unchecked_return_type = "() => void")]
+    pub fn on_state_change(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(state: ConnectionState) => void")]
+        listener: js_sys::Function,
+    ) -> JsValue {
+        self.listen(|l| &mut l.state, listener)
+    }
+
+    /// Calls `listener` when the server reports an error. Returns a function that removes it.
+    #[wasm_bindgen(js_name = onError, unchecked_return_type = "() => void")]
+    pub fn on_error(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(error: PresenceError) => void")]
+        listener: js_sys::Function,
+    ) -> JsValue {
+        self.listen(|l| &mut l.error, listener)
+    }
+
+    /// Calls `listener` with how many milliseconds remain before going away for idleness ("still there?").
+    /// Returns a function that removes it.
+    #[wasm_bindgen(js_name = onIdleWarning, unchecked_return_type = "() => void")]
+    pub fn on_idle_warning(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(awayInMs: number) => void")]
+        listener: js_sys::Function,
+    ) -> JsValue {
+        self.listen(|l| &mut l.idle_warning, listener)
+    }
+}
