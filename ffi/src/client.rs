@@ -391,6 +391,20 @@ unsafe fn with_client(
     })
 }
 
+/// Runs a call of the Rust client that takes no argument and cannot fail (a hint such as `app_backgrounded`).
+unsafe fn hint(
+    client: *const PresentlyClient,
+    call: fn(&presently_sdk::Client),
+) -> PresentlyResult {
+    // SAFETY: see `with_client`.
+    unsafe {
+        with_client(client, |c| {
+            call(&c.client);
+            Ok(())
+        })
+    }
+}
+
 /// Turns a result of the Rust client into ours.
 fn sdk(result: Result<(), presently_sdk::Error>) -> Result<(), PresentlyResult> {
     match from_sdk(result) {
@@ -600,14 +614,15 @@ pub unsafe extern "C" fn presently_client_query(
             let query_id = non_null(query_id, "query_id")?;
             let users = user_list(users, count)?;
             let id = NEXT_QUERY_ID.fetch_add(1, Ordering::Relaxed);
-            let sdk = c.client.clone();
-            let mut answer = Box::pin(async move { sdk.query(&users).await });
+            let rust_client = c.client.clone();
+            let mut answer = Box::pin(async move { rust_client.query(&users).await });
             // The first step sends the query or fails at once (not connected, invalid ids): report that now.
             if let Poll::Ready(result) = answer
                 .as_mut()
                 .poll(&mut Context::from_waker(std::task::Waker::noop()))
             {
-                return sdk_result_now(result);
+                // Always a failure: the answer needs the server.
+                return sdk(result.map(|_| ()));
             }
             *query_id = id;
             let delivery = c.delivery.clone();
@@ -642,11 +657,6 @@ pub unsafe extern "C" fn presently_client_query(
     }
 }
 
-/// A query that finished in its first step: always a failure (the answer needs the server).
-fn sdk_result_now<T>(result: Result<T, presently_sdk::Error>) -> Result<(), PresentlyResult> {
-    sdk(result.map(|_| ()))
-}
-
 /// The user did something (mouse, key, MIDI, transport). Call it as often as you like from any thread, including
 /// the audio thread: it is wait-free, takes no lock, allocates nothing and makes no syscall on the common path
 /// (see BENCHMARKS.md). NULL is ignored.
@@ -666,12 +676,7 @@ pub unsafe extern "C" fn presently_client_app_backgrounded(
     client: *const PresentlyClient,
 ) -> PresentlyResult {
     // SAFETY: see `with_client`.
-    unsafe {
-        with_client(client, |c| {
-            c.client.app_backgrounded();
-            Ok(())
-        })
-    }
+    unsafe { hint(client, presently_sdk::Client::app_backgrounded) }
 }
 
 /// The app came to the foreground: back from background away, and the connection is checked (an immediate
@@ -681,12 +686,7 @@ pub unsafe extern "C" fn presently_client_app_foregrounded(
     client: *const PresentlyClient,
 ) -> PresentlyResult {
     // SAFETY: see `with_client`.
-    unsafe {
-        with_client(client, |c| {
-            c.client.app_foregrounded();
-            Ok(())
-        })
-    }
+    unsafe { hint(client, presently_sdk::Client::app_foregrounded) }
 }
 
 /// The network changed (e.g. Wi-Fi came back): retry at once if waiting to reconnect, or probe the link if
@@ -696,12 +696,7 @@ pub unsafe extern "C" fn presently_client_network_changed(
     client: *const PresentlyClient,
 ) -> PresentlyResult {
     // SAFETY: see `with_client`.
-    unsafe {
-        with_client(client, |c| {
-            c.client.network_changed();
-            Ok(())
-        })
-    }
+    unsafe { hint(client, presently_sdk::Client::network_changed) }
 }
 
 /// Replaces the weekly do-not-disturb schedule with `schedule` (copied; NULL removes it). Clients sharing the
@@ -749,12 +744,7 @@ pub unsafe extern "C" fn presently_client_end_snooze(
     client: *const PresentlyClient,
 ) -> PresentlyResult {
     // SAFETY: see `with_client`.
-    unsafe {
-        with_client(client, |c| {
-            c.client.end_snooze();
-            Ok(())
-        })
-    }
+    unsafe { hint(client, presently_sdk::Client::end_snooze) }
 }
 
 /// Says goodbye and closes the connection, unless other clients share it (then this does nothing: the last of

@@ -508,7 +508,6 @@ struct Driver {
     connect_waiters: Vec<Waiter>,
     close_waiters: Vec<js_sys::Function>,
     queries: HashMap<core::QueryId, Waiter>,
-    idle_warning_ms: u64,
     page_listeners: Vec<PageListener>,
 }
 
@@ -629,9 +628,9 @@ fn collect(d: &mut Driver, event: core::Event, calls: &mut Vec<Call>) {
             functions(&d.listeners.own_status),
             to_js(&own_status(effective, reason)),
         )),
-        core::Event::IdleWarning { .. } => calls.push(Call::Listeners(
+        core::Event::IdleWarning { away_at } => calls.push(Call::Listeners(
             functions(&d.listeners.idle_warning),
-            JsValue::from_f64(d.idle_warning_ms as f64),
+            JsValue::from_f64(away_at.as_millis().saturating_sub(now().as_millis()) as f64),
         )),
         core::Event::ServerError {
             code,
@@ -1004,10 +1003,6 @@ impl PresenceClient {
             config.reconnect.base_delay = base;
             config.reconnect.max_delay = max;
         }
-        let idle_warning_ms = config
-            .automation
-            .idle_warning
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let dnd = parsed.dnd.map(schedule).transpose()?;
         let mut seed = [0u8; 8];
         for byte in &mut seed {
@@ -1034,7 +1029,6 @@ impl PresenceClient {
                 connect_waiters: Vec::new(),
                 close_waiters: Vec::new(),
                 queries: HashMap::new(),
-                idle_warning_ms,
                 page_listeners: Vec::new(),
             })),
         };
