@@ -286,13 +286,13 @@ fn finish(ctx: &Arc<Context>, attached: &Attached, end: End, last_inbound_at: u6
 /// is accepted without them, with the reason to report; anything else that is not a readable v1 hello is a fatal
 /// error to send.
 fn read_hello(text: &str) -> Result<(ClientMessage, Option<String>), (ErrorCode, String)> {
-    let invalid = |e: serde_json::Error| {
+    let invalid = |e: &dyn std::fmt::Display| {
         (
             ErrorCode::HelloRequired,
             format!("the first frame must be a valid hello: {e}"),
         )
     };
-    let value: serde_json::Value = serde_json::from_str(text).map_err(invalid)?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| invalid(&e))?;
     if value.get("type").and_then(|t| t.as_str()) != Some("hello") {
         return Err((
             ErrorCode::HelloRequired,
@@ -309,7 +309,7 @@ fn read_hello(text: &str) -> Result<(ClientMessage, Option<String>), (ErrorCode,
             ));
         }
     }
-    let decode = |value: serde_json::Value| serde_json::from_value::<ClientMessage>(value);
+    let decode = |value: serde_json::Value| ClientMessage::decode(&value.to_string(), usize::MAX);
     let (message, status_error) = match decode(value.clone()) {
         Ok(message) => (message, None),
         Err(first) => {
@@ -319,7 +319,7 @@ fn read_hello(text: &str) -> Result<(ClientMessage, Option<String>), (ErrorCode,
                 object.remove("auto");
                 object.remove("focus");
             }
-            let message = decode(bare).map_err(invalid)?;
+            let message = decode(bare).map_err(|e| invalid(&e))?;
             (
                 message,
                 Some(format!("the hello's status was not accepted: {first}")),

@@ -304,11 +304,25 @@ fn state(s: &core::ConnectionState) -> JsState {
     }
 }
 
-/// A JavaScript value for `value` (plain objects; `undefined` for absent fields).
+/// A JavaScript value for `value` (plain objects; absent fields are left out).
+///
+/// Values cross the boundary as JSON text (`JSON.parse` here, `JSON.stringify` in [`from_js`]): the JSON code is
+/// in the module anyway for the protocol, and a second serde format would add a third of the package's size.
 fn to_js<T: Serialize>(value: &T) -> JsValue {
-    value
-        .serialize(&serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true))
+    serde_json::to_string(value)
+        .ok()
+        .and_then(|text| js_sys::JSON::parse(&text).ok())
         .unwrap_or(JsValue::UNDEFINED)
+}
+
+/// The record `T` read from a plain JavaScript object (functions and `undefined` fields are left out), or the
+/// `Error` to throw.
+fn from_js<T: serde::de::DeserializeOwned>(value: &JsValue) -> Result<T, JsValue> {
+    let text = js_sys::JSON::stringify(value)
+        .map_err(|_| invalid("not a plain object (cyclic, or holds a BigInt)"))?
+        .as_string()
+        .ok_or_else(|| invalid("an object is required"))?;
+    serde_json::from_str(&text).map_err(invalid)
 }
 
 /// A `PresenceError` object.
@@ -957,7 +971,7 @@ impl PresenceClient {
         let get_token = js_sys::Reflect::get(&options, &JsValue::from_str("getToken"))
             .ok()
             .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
-        let parsed: Options = serde_wasm_bindgen::from_value(options).map_err(invalid)?;
+        let parsed: Options = from_js(&options)?;
         if !(parsed.url.starts_with("ws://") || parsed.url.starts_with("wss://")) {
             return Err(invalid(format!(
                 "url must start with ws:// or wss://, not {:?}",
@@ -1090,7 +1104,7 @@ impl PresenceClient {
         &self,
         #[wasm_bindgen(unchecked_param_type = "StatusUpdate")] update: JsValue,
     ) -> Result<(), JsValue> {
-        let update: Update = serde_wasm_bindgen::from_value(update).map_err(invalid)?;
+        let update: Update = from_js(&update)?;
         let availability = match update.availability.as_str() {
             "online" => core::Availability::Online,
             "away" => core::Availability::Away,
@@ -1226,7 +1240,7 @@ impl PresenceClient {
         let schedule = if value.is_undefined() || value.is_null() {
             None
         } else {
-            let parsed: Schedule = serde_wasm_bindgen::from_value(value).map_err(invalid)?;
+            let parsed: Schedule = from_js(&value)?;
             Some(schedule(parsed)?)
         };
         self.with_core(|c, t| c.set_dnd_schedule(schedule, t));
