@@ -225,10 +225,11 @@ fn spawn_watch(
                             "reconnecting: attempt {attempt} in {} ms ({reason})",
                             delay.as_millis()
                         ),
-                        ConnectionState::Connected { session_id }
-                            if client.session().is_some_and(|s| s.resumed) =>
-                        {
-                            format!("connected: resumed session {session_id}")
+                        ConnectionState::Connected {
+                            session_id,
+                            transport,
+                        } if client.session().is_some_and(|s| s.resumed) => {
+                            format!("connected: resumed session {session_id} ({transport})")
                         }
                         other => other.to_string(),
                     };

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
-use presently_core::protocol::SUBPROTOCOL;
-use presently_core::{Event, TransportCommand};
+use presently_core::protocol::{HttpBindingUrls, SUBPROTOCOL};
+use presently_core::sse::{SseItem, SseParser};
+use presently_core::{Event, Transport, TransportCommand};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -18,11 +19,17 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::sse::{SseConnection, SseInput};
 use crate::{HARD_INBOUND_LIMIT, Shared};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-/// A connection attempt: the socket and, with a token provider, the fresh token for its `hello`.
-type Opening = Pin<Box<dyn Future<Output = Result<(Ws, Option<String>), String>> + Send>>;
+/// What an attempt opened: a WebSocket, or readiness for the HTTP binding's opening `POST`.
+enum Opened {
+    WebSocket(Box<Ws>),
+    Sse(reqwest::Client),
+}
+/// A connection attempt: what it opened and, with a token provider, the fresh token for its `hello`.
+type Opening = Pin<Box<dyn Future<Output = Result<(Opened, Option<String>), String>> + Send>>;
 
 /// Frames waiting for the socket before the connection is considered stuck.
 const WRITE_QUEUE: usize = 256;
@@ -37,6 +44,28 @@ pub(crate) struct Target {
     #[cfg(not(feature = "rustls"))]
     pub(crate) tls: Option<()>,
     pub(crate) token_provider: Option<crate::TokenProvider>,
+    /// The HTTP binding's URLs, beside the WebSocket endpoint.
+    pub(crate) http_urls: HttpBindingUrls,
+    /// Makes the HTTP client of one HTTP-binding connection (same TLS settings as the WebSocket).
+    pub(crate) http: HttpClientFactory,
+}
+
+/// Makes an HTTP client, or says why it cannot.
+pub(crate) type HttpClientFactory = Arc<dyn Fn() -> Result<reqwest::Client, String> + Send + Sync>;
+
+/// An open connection on either transport.
+enum Conn {
+    WebSocket(Connection),
+    Sse(SseConnection, Box<SseParser>),
+}
+
+impl Conn {
+    fn send(&self, frame: String) -> bool {
+        match self {
+            Conn::WebSocket(conn) => conn.send(frame),
+            Conn::Sse(conn, _) => conn.send(frame),
+        }
+    }
 }
 
 /// The default TLS settings: rustls with the ring provider and the webpki root certificates.
@@ -124,8 +153,9 @@ impl Connection {
     }
 }
 
-fn open(target: &Target) -> Opening {
+fn open(target: &Target, transport: Transport) -> Opening {
     let url = target.url.clone();
+    let http = target.http.clone();
     let tls = target.tls.clone();
     let token_provider = target.token_provider.clone();
     Box::pin(async move {
@@ -137,6 +167,10 @@ fn open(target: &Target) -> Opening {
             ),
             None => None,
         };
+        if transport == Transport::Sse {
+            // Nothing to open before the first frame: the opening POST carries the hello.
+            return Ok((Opened::Sse(http()?), token));
+        }
         let mut request = url
             .as_str()
             .into_client_request()
@@ -172,7 +206,7 @@ fn open(target: &Target) -> Opening {
                 "the server did not select the {SUBPROTOCOL} subprotocol"
             ));
         }
-        Ok((ws, token))
+        Ok((Opened::WebSocket(Box::new(ws)), token))
     })
 }
 
@@ -193,14 +227,15 @@ fn describe(e: tungstenite::Error) -> String {
 enum Input {
     Wake,
     Timeout,
-    Opened(Result<(Box<Ws>, Option<String>), String>),
+    Opened(Result<(Opened, Option<String>), String>),
     Inbound(Option<Result<Message, tungstenite::Error>>),
+    Sse(Option<SseInput>),
     WriterFailed(String),
 }
 
 /// The driver task: runs until every client handle is dropped.
 pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
-    let mut connection: Option<Connection> = None;
+    let mut connection: Option<Conn> = None;
     let mut opening: Option<Opening> = None;
     // The activity reading the core has seen last.
     let mut fed_raw = 0u64;
@@ -227,9 +262,9 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             }
             while let Some(command) = inner.core.poll_transport() {
                 match command {
-                    TransportCommand::Open => {
+                    TransportCommand::Open { transport } => {
                         connection = None;
-                        opening = Some(open(&target));
+                        opening = Some(open(&target, transport));
                     }
                     TransportCommand::Close => {
                         // Dropping the connection lets its writer flush (bye) and close.
@@ -269,7 +304,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             _ = std::future::ready(()), if recheck => Input::Wake,
             _ = shared.wake.notified() => Input::Wake,
             _ = sleep_until(deadline) => Input::Timeout,
-            opened = maybe(opening.as_mut()) => Input::Opened(opened.map(|(ws, token)| (Box::new(ws), token))),
+            opened = maybe(opening.as_mut()) => Input::Opened(opened),
             input = connection_input(connection.as_mut()) => input,
         };
 
@@ -281,20 +316,57 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
         let stale = core.transport_pending();
         match input {
             Input::Opened(_) if stale => opening = None,
-            Input::Inbound(_) | Input::WriterFailed(_) if stale => {}
+            Input::Inbound(_) | Input::WriterFailed(_) | Input::Sse(_) if stale => {}
             Input::Wake => {}
             Input::Timeout => {
                 // Activity that arrived since the last look counts before an idle deadline is judged.
                 shared.feed(core, &mut fed_raw);
                 core.handle_timeout(now);
             }
-            Input::Opened(Ok((ws, token))) => {
+            Input::Opened(Ok((opened, token))) => {
                 opening = None;
-                connection = Some(Connection::start(*ws, &shared));
                 if let Some(token) = token {
                     core.set_token(token);
                 }
+                connection = Some(match opened {
+                    Opened::WebSocket(ws) => Conn::WebSocket(Connection::start(*ws, &shared)),
+                    Opened::Sse(http) => Conn::Sse(
+                        SseConnection::start(
+                            http,
+                            target.http_urls.clone(),
+                            core.resume_version(),
+                            CLOSE_FLUSH_TIMEOUT,
+                        ),
+                        Box::new(SseParser::new(HARD_INBOUND_LIMIT)),
+                    ),
+                });
                 core.handle_transport_open(now);
+            }
+            Input::Sse(Some(SseInput::Chunk(bytes))) => {
+                let Some(Conn::Sse(_, parser)) = connection.as_mut() else {
+                    continue;
+                };
+                let fed = parser.feed(&bytes);
+                while let Some(item) = parser.poll_item() {
+                    match item {
+                        SseItem::Event(event) if event.event == "message" => {
+                            core.handle_frame(&event.data, now)
+                        }
+                        _ => core.handle_inbound_activity(now),
+                    }
+                }
+                if let Err(e) = fed {
+                    connection = None;
+                    core.handle_transport_closed(&e.to_string(), now);
+                }
+            }
+            Input::Sse(Some(SseInput::Ended(reason))) => {
+                connection = None;
+                core.handle_transport_closed(&reason, now);
+            }
+            Input::Sse(None) => {
+                connection = None;
+                core.handle_transport_closed("the HTTP connection ended", now);
             }
             Input::Opened(Err(reason)) => {
                 opening = None;
@@ -339,7 +411,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn maybe(opening: Option<&mut Opening>) -> Result<(Ws, Option<String>), String> {
+async fn maybe(opening: Option<&mut Opening>) -> Result<(Opened, Option<String>), String> {
     match opening {
         Some(future) => future.await,
         None => std::future::pending().await,
@@ -347,9 +419,11 @@ async fn maybe(opening: Option<&mut Opening>) -> Result<(Ws, Option<String>), St
 }
 
 /// The next inbound message of the connection, or the failure of its writer.
-async fn connection_input(connection: Option<&mut Connection>) -> Input {
-    let Some(conn) = connection else {
-        return std::future::pending().await;
+async fn connection_input(connection: Option<&mut Conn>) -> Input {
+    let conn = match connection {
+        Some(Conn::WebSocket(conn)) => conn,
+        Some(Conn::Sse(conn, _)) => return Input::Sse(conn.inbound.recv().await),
+        None => return std::future::pending().await,
     };
     let Some(writer_failed) = conn.writer_failed.as_mut() else {
         return Input::Inbound(conn.reader.next().await);

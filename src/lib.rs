@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod driver;
+mod sse;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -51,7 +52,7 @@ pub use presently_core::{
     Activity, AutomationConfig, Availability, ClientConfig, ClientInfo, ConnectionState, DaySet,
     DndSchedule, DndSource, DndState, DndWindow, ErrorCode, Event, LocalTime, Presence, Privacy,
     QueryError, QueryId, ReconnectPolicy, ScheduleError, ServerInfo, SessionInfo, Stats, Status,
-    StatusReason, Visibility,
+    StatusReason, Transport, TransportPolicy, Visibility,
 };
 
 /// What can go wrong when using the client.
@@ -320,6 +321,30 @@ impl ClientBuilder {
         self
     }
 
+    /// Which transports to use (default [`TransportPolicy::Auto`]: WebSocket, falling back to HTTP with
+    /// Server-Sent Events when WebSocket attempts keep failing before `welcome`, and returning to WebSocket
+    /// later without a change watchers can see). The connection state says which one is in use.
+    pub fn transport(mut self, policy: TransportPolicy) -> Self {
+        self.config.transport = policy;
+        self
+    }
+
+    /// With [`TransportPolicy::Auto`]: how many attempts in a row must fail before `welcome` before the
+    /// client switches transport (default 2).
+    pub fn fallback_after(mut self, attempts: u32) -> Self {
+        self.config.fallback_after = attempts;
+        self
+    }
+
+    /// With [`TransportPolicy::Auto`], on HTTP after a fallback: the first ceiling of the wait before
+    /// WebSocket is tried again (the wait is drawn between half of it and all of it, and the ceiling doubles
+    /// with each failed try up to `max_delay`). Defaults 60 s and 30 min.
+    pub fn websocket_retry(mut self, delay: Duration, max_delay: Duration) -> Self {
+        self.config.websocket_retry_delay = delay;
+        self.config.websocket_retry_max_delay = max_delay;
+        self
+    }
+
     /// How long one attempt may take to reach `welcome` (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
@@ -395,6 +420,28 @@ impl ClientBuilder {
         } else {
             None
         };
+        let http_urls = protocol::http_binding_urls(url.as_str())
+            .ok_or_else(|| invalid("no HTTP binding URL can be derived from it"))?;
+        // One HTTP client per connection of the HTTP binding: its pool dies with the connection, so that a
+        // new connection never reuses a socket of a link that went dead.
+        let http: driver::HttpClientFactory = {
+            // reqwest always gets a rustls configuration (even for http://): it has no crypto provider of its
+            // own to fall back on.
+            #[cfg(feature = "rustls")]
+            let tls = match &tls {
+                Some(config) => config.clone(),
+                None => driver::default_tls_config()
+                    .map_err(|e| invalid(&format!("cannot set up TLS: {e}")))?,
+            };
+            Arc::new(move || {
+                let builder = reqwest::Client::builder().http1_only().tcp_nodelay(true);
+                #[cfg(feature = "rustls")]
+                let builder = builder.tls_backend_preconfigured((*tls).clone());
+                builder
+                    .build()
+                    .map_err(|e| format!("cannot set up the HTTP client: {e}"))
+            })
+        };
         let (events, _) = broadcast::channel(self.event_capacity);
         let (state, _) = watch::channel(ConnectionState::Idle);
         let (open_writers, _) = watch::channel(0);
@@ -429,6 +476,8 @@ impl ClientBuilder {
             shared.clone(),
             driver::Target {
                 url: url.to_string(),
+                http,
+                http_urls,
                 tls,
                 token_provider: self.token_provider,
             },
@@ -502,13 +551,15 @@ impl Client {
     /// keeps retrying in the background with backoff. Returns at once if already connected.
     pub async fn connect(&self) -> Result<(), Error> {
         let mut states = self.shared().state.subscribe();
-        let state = self.shared().with_core(|core, now| {
+        let (state, policy) = self.shared().with_core(|core, now| {
             core.connect(now);
-            core.state().clone()
+            (core.state().clone(), core.config().transport)
         });
         if let ConnectionState::Connected { .. } = state {
             return Ok(());
         }
+        // With the automatic policy, a failure counts only once the HTTP binding has been tried too.
+        let mut tried_http = policy != TransportPolicy::Auto;
         loop {
             if states.changed().await.is_err() {
                 return Err(Error::Closed);
@@ -519,11 +570,17 @@ impl Client {
                 ConnectionState::Failed { code, message } => {
                     return Err(Error::Rejected { code, message });
                 }
-                ConnectionState::Reconnecting { reason, .. } => {
+                ConnectionState::Reconnecting { reason, .. } if tried_http => {
                     return Err(Error::Unreachable { reason });
                 }
+                ConnectionState::Connecting {
+                    transport: Transport::Sse,
+                    ..
+                } => tried_http = true,
+                ConnectionState::Reconnecting { .. }
+                | ConnectionState::Idle
+                | ConnectionState::Connecting { .. } => {}
                 ConnectionState::Closed => return Err(Error::Closed),
-                ConnectionState::Idle | ConnectionState::Connecting { .. } => {}
             }
         }
     }

@@ -230,6 +230,36 @@ fn own_status(status: sdk::Status, reason: sdk::StatusReason) -> OwnStatus {
     }
 }
 
+/// A transport a connection can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Transport {
+    /// A WebSocket.
+    WebSocket,
+    /// HTTP + Server-Sent Events, where WebSockets are blocked.
+    Sse,
+}
+
+impl From<sdk::Transport> for Transport {
+    fn from(t: sdk::Transport) -> Self {
+        match t {
+            sdk::Transport::WebSocket => Transport::WebSocket,
+            sdk::Transport::Sse => Transport::Sse,
+        }
+    }
+}
+
+/// Which transports a client may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum TransportPolicy {
+    /// WebSocket, falling back to HTTP + Server-Sent Events when WebSocket attempts keep failing before the
+    /// server's welcome, and returning to WebSocket later without a change others can see.
+    Auto,
+    /// WebSocket only.
+    WebSocketOnly,
+    /// HTTP + Server-Sent Events only.
+    SseOnly,
+}
+
 /// The connection's state.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
 pub enum ConnectionState {
@@ -239,11 +269,15 @@ pub enum ConnectionState {
     Connecting {
         /// The attempt's number since the client was last connected.
         attempt: u32,
+        /// The transport this attempt uses.
+        transport: Transport,
     },
     /// A session is up.
     Connected {
         /// The server's session id.
         session_id: String,
+        /// The transport in use.
+        transport: Transport,
     },
     /// Waiting before the next attempt.
     Reconnecting {
@@ -269,10 +303,19 @@ impl From<sdk::ConnectionState> for ConnectionState {
     fn from(s: sdk::ConnectionState) -> Self {
         match s {
             sdk::ConnectionState::Idle => ConnectionState::Idle,
-            sdk::ConnectionState::Connecting { attempt } => ConnectionState::Connecting { attempt },
-            sdk::ConnectionState::Connected { session_id } => {
-                ConnectionState::Connected { session_id }
+            sdk::ConnectionState::Connecting { attempt, transport } => {
+                ConnectionState::Connecting {
+                    attempt,
+                    transport: transport.into(),
+                }
             }
+            sdk::ConnectionState::Connected {
+                session_id,
+                transport,
+            } => ConnectionState::Connected {
+                session_id,
+                transport: transport.into(),
+            },
             sdk::ConnectionState::Reconnecting {
                 attempt,
                 delay,
@@ -366,6 +409,9 @@ pub struct PresenceConfig {
     /// A weekly do-not-disturb schedule from the start.
     #[uniffi(default = None)]
     pub dnd: Option<DndSchedule>,
+    /// Which transports to use. Default `Auto`.
+    #[uniffi(default = None)]
+    pub transport: Option<TransportPolicy>,
 }
 
 /// Milliseconds as an optional duration: 0 means off.
@@ -518,6 +564,13 @@ impl PresenceClient {
         }
         if let Some(dnd) = &config.dnd {
             builder = builder.dnd_schedule(dnd.to_sdk()?);
+        }
+        if let Some(policy) = config.transport {
+            builder = builder.transport(match policy {
+                TransportPolicy::Auto => sdk::TransportPolicy::Auto,
+                TransportPolicy::WebSocketOnly => sdk::TransportPolicy::WebSocketOnly,
+                TransportPolicy::SseOnly => sdk::TransportPolicy::SseOnly,
+            });
         }
         let client = {
             let _context = runtime.enter();

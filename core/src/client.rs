@@ -7,8 +7,14 @@
 //!
 //! The driver contract:
 //! - On [`TransportCommand::Open`], drop any current connection (reporting nothing more about it) and open a new
-//!   WebSocket offering [`SUBPROTOCOL`](crate::protocol::SUBPROTOCOL); report success with
-//!   [`Client::handle_transport_open`] and failure with [`Client::handle_transport_closed`].
+//!   one on the transport it names: a WebSocket offering [`SUBPROTOCOL`](crate::protocol::SUBPROTOCOL), or the
+//!   HTTP binding (protocol section 11), whose `POST` carries the first frame (`hello`). Report success with
+//!   [`Client::handle_transport_open`] and failure with [`Client::handle_transport_closed`]. On the HTTP binding
+//!   there is nothing to open before the first frame: report `handle_transport_open` as soon as the driver is
+//!   ready; the first frame [`Client::poll_transmit`] then returns (`hello`) is the body of the opening `POST`,
+//!   and a failed `POST`, or an answer that is not an event stream, is `handle_transport_closed`. Feed the stream
+//!   to an [`SseParser`](crate::sse::SseParser): each event's data is a frame for [`Client::handle_frame`], each
+//!   comment a sign of life for [`Client::handle_inbound_activity`].
 //! - On [`TransportCommand::Close`], send what [`Client::poll_transmit`] already returned, then close the
 //!   connection and report nothing more about it.
 //! - Report every inbound text frame with [`Client::handle_frame`], and any other inbound frame (binary, ping,
@@ -66,6 +72,17 @@ pub struct ClientConfig {
     /// The driver fetches a fresh token before every attempt (a token provider): a `token_expired` error then
     /// means one immediate retry with a new token instead of failing.
     pub refreshable_token: bool,
+    /// Which transports to use. Default [`TransportPolicy::Auto`].
+    pub transport: TransportPolicy,
+    /// With [`TransportPolicy::Auto`]: how many attempts in a row must fail before `welcome` on one transport
+    /// before the next attempt uses the other. Default 2 (0 counts as 1).
+    pub fallback_after: u32,
+    /// With [`TransportPolicy::Auto`], on the HTTP binding after a fallback: the first ceiling of the wait
+    /// before WebSocket is tried again; it doubles with each failed try, and the wait is drawn between half
+    /// the ceiling and all of it. Default 60 s.
+    pub websocket_retry_delay: Duration,
+    /// The largest ceiling of that wait. Default 30 min.
+    pub websocket_retry_max_delay: Duration,
 }
 
 impl ClientConfig {
@@ -81,15 +98,60 @@ impl ClientConfig {
             max_inbound_frame_bytes: MAX_FRAME_BYTES,
             automation: AutomationConfig::default(),
             refreshable_token: false,
+            transport: TransportPolicy::Auto,
+            fallback_after: 2,
+            websocket_retry_delay: Duration::from_secs(60),
+            websocket_retry_max_delay: Duration::from_secs(30 * 60),
         }
     }
+}
+
+/// A way to carry the protocol between client and server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// A WebSocket (protocol section 1).
+    WebSocket,
+    /// The HTTP binding: requests up, a Server-Sent Events stream down (protocol section 11).
+    Sse,
+}
+
+impl Transport {
+    /// The name applications see: `websocket` or `sse`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which transports the client may use (protocol section 11.7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TransportPolicy {
+    /// WebSocket, falling back to the HTTP binding when WebSocket attempts keep failing before `welcome`, and
+    /// returning to WebSocket later.
+    #[default]
+    Auto,
+    /// WebSocket only.
+    WebSocketOnly,
+    /// The HTTP binding only.
+    SseOnly,
 }
 
 /// What the driver must do with the transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransportCommand {
-    /// Drop any current connection and open a new one.
-    Open,
+    /// Drop any current connection and open a new one on this transport.
+    Open {
+        /// The transport to open.
+        transport: Transport,
+    },
     /// Close the current connection (after sending what was already transmitted).
     Close,
 }
@@ -103,11 +165,15 @@ pub enum ConnectionState {
     Connecting {
         /// The number of this attempt since the client was last connected (1 for the first).
         attempt: u32,
+        /// The transport this attempt uses.
+        transport: Transport,
     },
     /// A session is up.
     Connected {
         /// The server's id for this session.
         session_id: String,
+        /// The transport in use.
+        transport: Transport,
     },
     /// Waiting before the next attempt.
     Reconnecting {
@@ -149,8 +215,13 @@ impl ConnectionState {
 impl fmt::Display for ConnectionState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectionState::Connecting { attempt } => write!(f, "connecting (attempt {attempt})"),
-            ConnectionState::Connected { session_id } => write!(f, "connected ({session_id})"),
+            ConnectionState::Connecting { attempt, transport } => {
+                write!(f, "connecting (attempt {attempt}, {transport})")
+            }
+            ConnectionState::Connected {
+                session_id,
+                transport,
+            } => write!(f, "connected ({session_id}, {transport})"),
             ConnectionState::Reconnecting {
                 attempt,
                 delay,
@@ -322,6 +393,8 @@ pub struct SessionInfo {
     /// least once per heartbeat interval, the transport's automatic pongs are the client's heartbeat and the
     /// client sends `ping` only to probe a silent link.
     pub server_ping_interval: Option<Duration>,
+    /// The transport the session runs on.
+    pub transport: Transport,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,6 +492,19 @@ pub struct Client {
     next_query_id: u64,
     transmit: VecDeque<String>,
     transport: VecDeque<TransportCommand>,
+    /// The transport of the current attempt or connection.
+    transport_in_use: Transport,
+    /// Attempts in a row on `transport_in_use` that ended before `welcome`.
+    failed_before_welcome: u32,
+    /// On the HTTP binding because WebSocket kept failing (policy `Auto`).
+    sse_fallback: bool,
+    /// Failed tries to return to WebSocket since the fallback.
+    websocket_retries: u32,
+    /// When to try WebSocket again, while connected over the HTTP binding after a fallback.
+    websocket_retry_at: Option<Instant>,
+    /// The current attempt is a try to return to WebSocket: if it fails before `welcome`, the next attempt goes
+    /// back to the HTTP binding at once.
+    returning_to_websocket: bool,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -480,6 +566,12 @@ impl Client {
             next_query_id: 1,
             transmit: VecDeque::new(),
             transport: VecDeque::new(),
+            transport_in_use: Transport::WebSocket,
+            failed_before_welcome: 0,
+            sse_fallback: false,
+            websocket_retries: 0,
+            websocket_retry_at: None,
+            returning_to_websocket: false,
             events: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -1132,7 +1224,14 @@ impl Client {
                     not_before,
                 };
             }
-            Link::Waiting { .. } => self.start_attempt(now),
+            Link::Waiting { .. } => {
+                // The network changed: what blocked WebSocket may be gone.
+                if self.sse_fallback {
+                    self.sse_fallback = false;
+                    self.failed_before_welcome = 0;
+                }
+                self.start_attempt(now)
+            }
             Link::Connected if self.probe_deadline.is_none() => {
                 self.probe_deadline = Some(now + self.config.probe_timeout);
                 self.send_ping(now);
@@ -1250,6 +1349,11 @@ impl Client {
                     self.connection_lost(reason, Duration::ZERO, now);
                     return;
                 }
+                if self.websocket_retry_at.is_some_and(|at| now >= at) {
+                    self.websocket_retry_at = None;
+                    self.return_to_websocket(now);
+                    return;
+                }
                 if self.heartbeat_due(interval).is_some_and(|due| now >= due) {
                     self.send_ping(now);
                 }
@@ -1317,6 +1421,7 @@ impl Client {
                 let next = self
                     .heartbeat_due(interval)
                     .map_or(liveness, |due| due.min(liveness));
+                let next = self.websocket_retry_at.map_or(next, |at| at.min(next));
                 Some(self.resend_at.map_or(next, |at| at.min(next)))
             }
             Link::Waiting { retry_at, .. } => Some(retry_at),
@@ -1452,13 +1557,99 @@ impl Client {
         self.transmit.clear();
         self.probe_deadline = None;
         self.ping_outstanding = None;
-        self.transport.push_back(TransportCommand::Open);
+        self.websocket_retry_at = None;
+        let transport = match self.config.transport {
+            TransportPolicy::WebSocketOnly => Transport::WebSocket,
+            TransportPolicy::SseOnly => Transport::Sse,
+            TransportPolicy::Auto if self.sse_fallback => Transport::Sse,
+            TransportPolicy::Auto => Transport::WebSocket,
+        };
+        self.transport_in_use = transport;
+        self.transport
+            .push_back(TransportCommand::Open { transport });
         self.link = Link::Opening {
             deadline: now + self.config.connect_timeout,
         };
         self.set_state(ConnectionState::Connecting {
             attempt: self.attempts_since_connected,
+            transport,
         });
+    }
+
+    /// The transport in use for the current attempt or connection.
+    pub fn transport(&self) -> Transport {
+        self.transport_in_use
+    }
+
+    /// The `last_version` the next `hello` carries if it resumes a session: what the HTTP binding also sends
+    /// as `Last-Event-ID` (protocol section 11.6). `None` when there is nothing to resume or nothing was
+    /// received.
+    pub fn resume_version(&self) -> Option<u64> {
+        self.resumable
+            .as_ref()
+            .map(|_| self.max_version_seen)
+            .filter(|v| *v > 0)
+    }
+
+    /// Connected over the HTTP binding after a fallback, and the wait is over: move the session to WebSocket
+    /// with a resume (watchers see nothing). Without a resume grace the move would show, so it waits for the
+    /// next reconnect instead.
+    fn return_to_websocket(&mut self, now: Instant) {
+        self.sse_fallback = false;
+        self.failed_before_welcome = 0;
+        let Some(session) = self.session.as_ref().filter(|s| !s.resume_grace.is_zero()) else {
+            return;
+        };
+        self.resumable = Some((session.session_id.clone(), now + session.resume_grace));
+        self.returning_to_websocket = true;
+        self.transport.push_back(TransportCommand::Close);
+        self.transmit.clear();
+        self.end_session(QueryError::Disconnected);
+        self.start_attempt(now);
+    }
+
+    /// Which transport the attempt after this loss uses (policy `Auto`), and whether it starts at once because
+    /// only the transport changed.
+    fn choose_transport_after_loss(&mut self, before_welcome: bool) -> bool {
+        if self.config.transport != TransportPolicy::Auto {
+            return false;
+        }
+        if !before_welcome {
+            self.failed_before_welcome = 0;
+            return false;
+        }
+        if std::mem::take(&mut self.returning_to_websocket) {
+            // WebSocket is still blocked: back to the HTTP binding now, and wait longer next time.
+            self.sse_fallback = true;
+            self.websocket_retries = self.websocket_retries.saturating_add(1);
+            self.failed_before_welcome = 0;
+            return true;
+        }
+        self.failed_before_welcome += 1;
+        if self.failed_before_welcome < self.config.fallback_after.max(1) {
+            return false;
+        }
+        self.failed_before_welcome = 0;
+        self.sse_fallback = !self.sse_fallback;
+        // Falling back to HTTP is worth trying at once; failing on both transports is the network's fault and
+        // waits as usual.
+        self.sse_fallback
+    }
+
+    /// The wait before the next try to return to WebSocket: between half the ceiling and all of it.
+    fn websocket_retry_wait(&mut self) -> Duration {
+        let policy = ReconnectPolicy {
+            base_delay: self.config.websocket_retry_delay,
+            max_delay: self
+                .config
+                .websocket_retry_max_delay
+                .max(self.config.websocket_retry_delay),
+            stable_after: Duration::ZERO,
+        };
+        let ceiling = policy.ceiling(self.websocket_retries.saturating_add(1));
+        let half = ceiling / 2;
+        let half_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        half + Duration::from_millis(rand::Rng::random_range(&mut self.rng, 0..=half_ms))
     }
 
     fn end_session(&mut self, query_error: QueryError) {
@@ -1474,6 +1665,8 @@ impl Client {
 
     /// The connection or attempt ended; wait `extra_delay` plus a jittered backoff delay, then retry.
     fn connection_lost(&mut self, reason: String, extra_delay: Duration, now: Instant) {
+        let before_welcome = matches!(self.link, Link::Opening { .. } | Link::Handshaking { .. });
+        let switch_at_once = self.choose_transport_after_loss(before_welcome);
         if self.link == Link::Connected {
             let stable = self.session.as_ref().is_some_and(|s| {
                 now.saturating_duration_since(s.connected_at) >= self.config.reconnect.stable_after
@@ -1491,7 +1684,11 @@ impl Client {
         self.end_session(QueryError::Disconnected);
         self.failures = self.failures.saturating_add(1);
         let extra_delay = extra_delay.min(MAX_GOAWAY_DELAY);
-        let delay = extra_delay + self.config.reconnect.delay(self.failures, &mut self.rng);
+        let delay = if switch_at_once && extra_delay.is_zero() {
+            Duration::ZERO
+        } else {
+            extra_delay + self.config.reconnect.delay(self.failures, &mut self.rng)
+        };
         let retry_at = now + delay;
         self.link = Link::Waiting {
             retry_at,
@@ -1561,6 +1758,7 @@ impl Client {
                         resumed,
                         resume_grace: Duration::from_millis(resume_grace_ms),
                         server_ping_interval: ping_interval_ms.map(Duration::from_millis),
+                        transport: self.transport_in_use,
                     },
                     choice,
                     now,
@@ -1705,7 +1903,19 @@ impl Client {
         self.stats.sessions += 1;
         self.attempts_since_connected = 0;
         self.link = Link::Connected;
-        self.set_state(ConnectionState::Connected { session_id });
+        self.failed_before_welcome = 0;
+        self.returning_to_websocket = false;
+        let transport = self.transport_in_use;
+        if transport == Transport::WebSocket {
+            self.sse_fallback = false;
+            self.websocket_retries = 0;
+        } else if self.sse_fallback {
+            self.websocket_retry_at = Some(now + self.websocket_retry_wait());
+        }
+        self.set_state(ConnectionState::Connected {
+            session_id,
+            transport,
+        });
         if let Some(choice) = choice {
             self.adopt_choice(choice, now);
         }

@@ -6,11 +6,14 @@
 //! logic run under tokio, in a browser and behind a C ABI, and be tested on virtual time.
 //!
 //! ```
-//! use presently_core::{Client, ClientConfig, Instant, TransportCommand};
+//! use presently_core::{Client, ClientConfig, Instant, Transport, TransportCommand};
 //!
 //! let mut client = Client::new(ClientConfig::new("token"), 42);
 //! client.connect(Instant::ZERO);
-//! assert_eq!(client.poll_transport(), Some(TransportCommand::Open));
+//! assert_eq!(
+//!     client.poll_transport(),
+//!     Some(TransportCommand::Open { transport: Transport::WebSocket })
+//! );
 //! client.handle_transport_open(Instant::from_millis(20));
 //! let hello = client.poll_transmit().unwrap();
 //! assert!(hello.contains(r#""type":"hello""#));
@@ -22,6 +25,7 @@ pub mod client;
 pub mod dnd;
 pub mod own_status;
 pub mod protocol;
+pub mod sse;
 pub mod time;
 
 pub use backoff::ReconnectPolicy;
@@ -30,7 +34,7 @@ pub use chrono;
 pub use chrono_tz;
 pub use client::{
     Client, ClientConfig, ConnectionState, Event, QueryError, QueryId, SessionInfo, Stats,
-    TransportCommand,
+    Transport, TransportCommand, TransportPolicy,
 };
 pub use dnd::{
     DaySet, DndSchedule, DndWindow, LocalTime, OffsetFn, ScheduleError, ScheduleState, Zone,

@@ -1029,6 +1029,49 @@ fn encode<T: Serialize>(message: &T) -> String {
     serde_json::to_string(message).unwrap_or_else(|_| String::from("{\"type\":\"invalid\"}"))
 }
 
+/// The two URLs of the HTTP binding beside a WebSocket endpoint (protocol section 11.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpBindingUrls {
+    /// `POST` here with the `hello` to open a connection and get its event stream.
+    pub open: String,
+    /// `POST` here every other client message of the connection.
+    pub send: String,
+}
+
+/// The HTTP binding's URLs for the WebSocket URL `websocket_url`: scheme `https` for `wss` (`http` for `ws`),
+/// same host and port, the path's last segment `ws` replaced by `sse` (or `/sse` appended when it is not `ws`),
+/// the query kept. `None` when the URL is not `ws://` or `wss://`.
+pub fn http_binding_urls(websocket_url: &str) -> Option<HttpBindingUrls> {
+    let (scheme, rest) = if let Some(rest) = websocket_url.strip_prefix("wss://") {
+        ("https://", rest)
+    } else if let Some(rest) = websocket_url.strip_prefix("ws://") {
+        ("http://", rest)
+    } else {
+        return None;
+    };
+    let rest = rest.split('#').next().unwrap_or_default();
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, format!("?{query}")),
+        None => (rest, String::new()),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        return None;
+    }
+    let path = path.trim_end_matches('/');
+    let base = match path.strip_suffix("/ws") {
+        Some(parent) => format!("{parent}/sse"),
+        None => format!("{path}/sse"),
+    };
+    Some(HttpBindingUrls {
+        open: format!("{scheme}{authority}{base}{query}"),
+        send: format!("{scheme}{authority}{base}/send{query}"),
+    })
+}
+
 /// Why a value breaks the protocol's rules (section 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValidationError {
@@ -1607,6 +1650,25 @@ mod tests {
         // Without a wall clock only the wire bound applies.
         assert!(validate_times(&choice(Some(now + 2 * 86_400_000), None), None).is_ok());
         assert!(validate_times(&choice(Some(1 << 53), None), None).is_err());
+    }
+
+    #[test]
+    fn http_binding_urls_sit_beside_the_websocket_endpoint() {
+        let urls = http_binding_urls("wss://presence.example.com/v1/ws").unwrap();
+        assert_eq!(urls.open, "https://presence.example.com/v1/sse");
+        assert_eq!(urls.send, "https://presence.example.com/v1/sse/send");
+        let urls = http_binding_urls("ws://127.0.0.1:7000/presence/?tenant=a#x").unwrap();
+        assert_eq!(urls.open, "http://127.0.0.1:7000/presence/sse?tenant=a");
+        assert_eq!(
+            urls.send,
+            "http://127.0.0.1:7000/presence/sse/send?tenant=a"
+        );
+        assert_eq!(
+            http_binding_urls("ws://host").unwrap().open,
+            "http://host/sse"
+        );
+        assert_eq!(http_binding_urls("https://host/v1/ws"), None);
+        assert_eq!(http_binding_urls("ws:///v1/ws"), None);
     }
 
     #[test]

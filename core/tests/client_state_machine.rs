@@ -7,7 +7,7 @@ use std::time::Duration;
 use presently_core::protocol::{MAX_FRAME_BYTES, ServerMessage};
 use presently_core::{
     Availability, ConnectionState, ErrorCode, Event, Instant, Presence, QueryError,
-    ReconnectPolicy, Status,
+    ReconnectPolicy, Status, Transport,
 };
 use serde_json::Value;
 use support::*;
@@ -28,7 +28,10 @@ fn first_frame_is_hello_with_credentials_and_client_info() {
     assert_eq!(h.opens, 1);
     assert_eq!(
         h.client.state(),
-        &ConnectionState::Connecting { attempt: 1 }
+        &ConnectionState::Connecting {
+            attempt: 1,
+            transport: Transport::WebSocket
+        }
     );
     h.open_transport();
     assert_eq!(h.sent_types(), ["hello"]);
@@ -43,7 +46,8 @@ fn first_frame_is_hello_with_credentials_and_client_info() {
     assert_eq!(
         h.client.state(),
         &ConnectionState::Connected {
-            session_id: "s1".into()
+            session_id: "s1".into(),
+            transport: Transport::WebSocket
         }
     );
     assert_eq!(

@@ -52,6 +52,16 @@ typedef enum PresentlyConnectionState {
   PRESENTLY_CONNECTION_STATE_FAILED = 5,
 } PresentlyConnectionState;
 
+// A transport a connection can use.
+typedef enum PresentlyTransport {
+  // Not connecting nor connected.
+  PRESENTLY_TRANSPORT_NONE = 0,
+  // A WebSocket.
+  PRESENTLY_TRANSPORT_WEBSOCKET = 1,
+  // HTTP + Server-Sent Events (where WebSockets are blocked).
+  PRESENTLY_TRANSPORT_SSE = 2,
+} PresentlyTransport;
+
 // What watchers should show.
 typedef enum PresentlyAvailability {
   // Connected and available.
@@ -65,6 +75,17 @@ typedef enum PresentlyAvailability {
   // Appear offline while still seeing others (a choice; watchers see `Offline`).
   PRESENTLY_AVAILABILITY_INVISIBLE = 4,
 } PresentlyAvailability;
+
+// Which transports a client may use.
+typedef enum PresentlyTransportPolicy {
+  // WebSocket, falling back to HTTP + Server-Sent Events when WebSocket attempts keep failing before the
+  // server's welcome (blocked by a proxy), and returning to WebSocket later without a change others can see.
+  PRESENTLY_TRANSPORT_POLICY_AUTO = 0,
+  // WebSocket only.
+  PRESENTLY_TRANSPORT_POLICY_WEBSOCKET = 1,
+  // HTTP + Server-Sent Events only.
+  PRESENTLY_TRANSPORT_POLICY_SSE = 2,
+} PresentlyTransportPolicy;
 
 // What an event is about.
 typedef enum PresentlyEventKind {
@@ -155,6 +176,10 @@ enum PresentlyResult presently_client_connect(const struct PresentlyClient *clie
 
 // The connection's current state (IDLE for NULL). Any thread; never blocks.
 enum PresentlyConnectionState presently_client_state(const struct PresentlyClient *client);
+
+// The transport a client's connection uses or tries now, while connecting or connected; NONE otherwise (or
+// for a NULL client). Any thread; never blocks.
+enum PresentlyTransport presently_client_transport(const struct PresentlyClient *client);
 
 // Sets your status: `availability` (not OFFLINE), an optional `message` (at most 200 characters; NULL for none)
 // and an optional activity (`activity_kind` like "in_studio", `activity_detail` like "Ableton Live 12"; NULL for
@@ -294,6 +319,10 @@ enum PresentlyResult presently_config_set_background_away_ms(struct PresentlyCon
 enum PresentlyResult presently_config_set_reconnect_delays_ms(struct PresentlyConfig *config,
                                                               uint64_t base_delay_ms,
                                                               uint64_t max_delay_ms);
+
+// Which transports to use (default AUTO). One thread at a time per config; never blocks.
+enum PresentlyResult presently_config_set_transport(struct PresentlyConfig *config,
+                                                    enum PresentlyTransportPolicy policy);
 
 // Uses `schedule` (copied; NULL for none) as the weekly do-not-disturb schedule from the start. One thread at a
 // time per config; never blocks.

@@ -15,7 +15,8 @@ use crate::config::{
 };
 use crate::error::{PresentlyResult, fail, from_sdk, guarded, non_null, opt_str_arg, str_arg};
 use crate::event::{
-    PresentlyAvailability, PresentlyConnectionState, PresentlyEvent, connection_state,
+    PresentlyAvailability, PresentlyConnectionState, PresentlyEvent, PresentlyTransport,
+    connection_state,
 };
 
 /// Locks a mutex, going on after a panic elsewhere (the data stays consistent: every critical section is short
@@ -225,6 +226,9 @@ fn build_client(settings: &Settings) -> Result<presently_sdk::Client, PresentlyR
     }
     if let Some(after) = settings.background_away_after {
         builder = builder.background_away_after(after);
+    }
+    if let Some(policy) = settings.transport {
+        builder = builder.transport(policy);
     }
     if let Some(policy) = &settings.reconnect {
         builder = builder.reconnect_policy(policy.clone());
@@ -445,6 +449,30 @@ pub unsafe extern "C" fn presently_client_state(
         })
     };
     state
+}
+
+/// The transport a client's connection uses or tries now, while connecting or connected; NONE otherwise (or
+/// for a NULL client). Any thread; never blocks.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn presently_client_transport(
+    client: *const PresentlyClient,
+) -> PresentlyTransport {
+    let mut transport = PresentlyTransport::None;
+    // SAFETY: see `with_client`.
+    let _ = unsafe {
+        with_client(client, |c| {
+            transport = match c.client.state() {
+                ConnectionState::Connecting { transport, .. }
+                | ConnectionState::Connected { transport, .. } => match transport {
+                    presently_sdk::Transport::WebSocket => PresentlyTransport::Websocket,
+                    presently_sdk::Transport::Sse => PresentlyTransport::Sse,
+                },
+                _ => PresentlyTransport::None,
+            };
+            Ok(())
+        })
+    };
+    transport
 }
 
 /// Sets your status: `availability` (not OFFLINE), an optional `message` (at most 200 characters; NULL for none)

@@ -56,6 +56,7 @@ pub(crate) struct Settings {
     pub(crate) idle_warning: Option<Option<Duration>>,
     pub(crate) background_away_after: Option<Option<Duration>>,
     pub(crate) reconnect: Option<ReconnectPolicy>,
+    pub(crate) transport: Option<presently_sdk::TransportPolicy>,
     pub(crate) dnd: Option<DndSchedule>,
 }
 
@@ -103,6 +104,7 @@ pub unsafe extern "C" fn presently_config_new(
                 idle_warning: None,
                 background_away_after: None,
                 reconnect: None,
+                transport: None,
                 dnd: None,
             },
         });
@@ -259,6 +261,41 @@ pub unsafe extern "C" fn presently_config_set_reconnect_delays_ms(
                 base_delay: Duration::from_millis(base_delay_ms),
                 max_delay: Duration::from_millis(max_delay_ms),
                 ..ReconnectPolicy::default()
+            });
+            Ok(())
+        })
+    }
+}
+
+/// Which transports a client may use.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // The variants come from C callers.
+pub enum PresentlyTransportPolicy {
+    /// WebSocket, falling back to HTTP + Server-Sent Events when WebSocket attempts keep failing before the
+    /// server's welcome (blocked by a proxy), and returning to WebSocket later without a change others can see.
+    Auto = 0,
+    /// WebSocket only.
+    Websocket = 1,
+    /// HTTP + Server-Sent Events only.
+    Sse = 2,
+}
+
+/// Which transports to use (default AUTO). One thread at a time per config; never blocks.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn presently_config_set_transport(
+    config: *mut PresentlyConfig,
+    policy: PresentlyTransportPolicy,
+) -> PresentlyResult {
+    // SAFETY: see `with_config`.
+    unsafe {
+        with_config(config, |s| {
+            s.transport = Some(match policy {
+                PresentlyTransportPolicy::Auto => presently_sdk::TransportPolicy::Auto,
+                PresentlyTransportPolicy::Websocket => {
+                    presently_sdk::TransportPolicy::WebSocketOnly
+                }
+                PresentlyTransportPolicy::Sse => presently_sdk::TransportPolicy::SseOnly,
             });
             Ok(())
         })

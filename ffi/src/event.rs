@@ -38,6 +38,18 @@ pub enum PresentlyConnectionState {
     Failed = 5,
 }
 
+/// A transport a connection can use.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresentlyTransport {
+    /// Not connecting nor connected.
+    None = 0,
+    /// A WebSocket.
+    Websocket = 1,
+    /// HTTP + Server-Sent Events (where WebSockets are blocked).
+    Sse = 2,
+}
+
 /// What an event is about.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,7 @@
 pub mod auth;
 mod hub;
 mod session;
+mod sse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::{AuthError, TokenAuthority};
 pub use hub::ServerStats;
+pub use sse::{CONNECTION_HEADER, SSE_PATH, SSE_SEND_PATH};
 
 /// The path of the WebSocket endpoint.
 pub const WS_PATH: &str = "/v1/ws";
@@ -77,6 +79,10 @@ pub struct ServerConfig {
     pub status_per_second: f64,
     /// The bearer token of the admin API (`/v1/admin/...`); `None` turns the admin API off. Default `None`.
     pub admin_token: Option<String>,
+    /// Serve the WebSocket endpoint ([`WS_PATH`]). Default `true`.
+    pub websocket: bool,
+    /// Serve the HTTP binding ([`SSE_PATH`], protocol section 11). Default `true`.
+    pub sse: bool,
 }
 
 impl ServerConfig {
@@ -97,6 +103,8 @@ impl ServerConfig {
             status_burst: 10,
             status_per_second: 5.0,
             admin_token: None,
+            websocket: true,
+            sse: true,
         }
     }
 
@@ -137,6 +145,8 @@ pub(crate) struct Context {
     /// Cancelled to stop at once, as if the process died.
     kill: CancellationToken,
     tracker: TaskTracker,
+    /// The open connections of the HTTP binding.
+    sse: sse::Connections,
 }
 
 /// A server running in this process.
@@ -199,9 +209,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         drain: CancellationToken::new(),
         kill: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        sse: sse::Connections::default(),
     });
-    let app = Router::new()
-        .route(WS_PATH, get(upgrade))
+    let mut app = Router::new();
+    if ctx.config.websocket {
+        app = app.route(WS_PATH, get(upgrade));
+    }
+    if ctx.config.sse {
+        // Bodies far above the frame limit are refused unread; above it they get `frame_too_large`.
+        let hard_limit = ctx.config.max_frame_bytes.saturating_mul(4);
+        app = app
+            .route(SSE_PATH, axum::routing::post(sse::open))
+            .route(SSE_SEND_PATH, axum::routing::post(sse::send))
+            .layer(axum::extract::DefaultBodyLimit::max(hard_limit));
+    }
+    let app = app
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/v1/admin/users/{user}/contacts",
@@ -246,7 +268,7 @@ async fn upgrade(State(ctx): State<Arc<Context>>, ws: WebSocketUpgrade) -> Respo
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
             let tracker = ctx.tracker.clone();
-            tracker.track_future(session::run(socket, ctx))
+            tracker.track_future(session::run_websocket(socket, ctx))
         })
 }
 

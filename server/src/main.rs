@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use presently_server::{ServerConfig, TokenAuthority, WS_PATH, start};
 
-/// The Presently reference server: presence protocol v1 over WebSocket (see docs/protocol.md).
+/// The Presently reference server: presence protocol v1 over WebSocket and HTTP + Server-Sent Events (see
+/// docs/protocol.md).
 #[derive(Parser, Debug)]
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -45,6 +46,12 @@ struct ServeArgs {
     /// Bearer token of the admin API (contacts, channels); without it the admin API is off.
     #[arg(long, env = "PRESENTLY_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Do not serve the WebSocket endpoint (only the HTTP binding: for testing fallbacks).
+    #[arg(long, conflicts_with = "no_sse")]
+    no_websocket: bool,
+    /// Do not serve the HTTP binding (POST + Server-Sent Events).
+    #[arg(long)]
+    no_sse: bool,
 }
 
 #[derive(Args, Debug)]
@@ -109,6 +116,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
     );
     config.resume_grace = Duration::from_millis(args.resume_grace_ms);
     config.admin_token = args.admin_token;
+    config.websocket = !args.no_websocket;
+    config.sse = !args.no_sse;
     let server = match start(config).await {
         Ok(server) => server,
         Err(e) => {

@@ -1,12 +1,14 @@
-//! One WebSocket connection: the handshake, then a reader loop (this task) and a writer task joined by a
-//! bounded queue.
+//! One connection, over WebSocket or the HTTP binding: the handshake, then a reader loop (this task) and a
+//! writer task joined by a bounded queue. The transport is reduced to a stream of [`FromClient`] and a sink of
+//! [`ToClient`]; everything else is the same on both.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use std::pin::Pin;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use presently_core::protocol::{
     self, Auto, Choice, ClientMessage, ErrorCode, MAX_REF_BYTES, MAX_USERS_PER_REQUEST,
     PROTOCOL_VERSION, Resume, ServerInfo, ServerMessage, ValidationError,
@@ -29,8 +31,69 @@ mod close_code {
 /// How long the server tries to deliver a last error frame to a client that is being dropped.
 const LAST_WORDS_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Sink = SplitSink<WebSocket, Message>;
-type Stream = SplitStream<WebSocket>;
+/// What arrives from the client. The stream ends when the connection does.
+pub(crate) enum FromClient {
+    /// A text frame (a message).
+    Text(String),
+    /// A binary frame: not used in v1.
+    Binary,
+    /// A control frame (WebSocket ping or pong): only a sign of life.
+    Control,
+}
+
+/// What goes to the client.
+pub(crate) enum ToClient {
+    /// A message.
+    Text(Arc<str>),
+    /// A keep-alive: a WebSocket ping, a comment line on an event stream.
+    Ping,
+    /// Close with this WebSocket close code and reason (an event stream just ends).
+    Close(u16, &'static str),
+}
+
+/// The client's side of a connection, whatever the transport.
+pub(crate) type Incoming = Pin<Box<dyn Stream<Item = FromClient> + Send>>;
+/// Where the writer sends, whatever the transport; an error means the connection is gone.
+pub(crate) type Outgoing = Pin<Box<dyn Sink<ToClient, Error = ()> + Send>>;
+
+/// Which binding a connection uses, and what only that binding needs.
+pub(crate) enum Binding {
+    /// WebSocket: pings are control frames that browsers answer (announced in `welcome`).
+    WebSocket,
+    /// HTTP + Server-Sent Events: keep-alive comments, nothing to answer them; `Last-Event-ID`, if sent.
+    Sse {
+        /// The `Last-Event-ID` header of the opening request (protocol section 11.6).
+        last_event_id: Option<u64>,
+    },
+}
+
+/// Runs one WebSocket connection to its end.
+pub(crate) async fn run_websocket(socket: WebSocket, ctx: Arc<Context>) {
+    let (sink, stream) = socket.split();
+    let incoming = stream
+        .map(|message| match message {
+            Ok(Message::Text(text)) => Some(FromClient::Text(text.as_str().to_owned())),
+            Ok(Message::Binary(_)) => Some(FromClient::Binary),
+            Ok(Message::Ping(_) | Message::Pong(_)) => Some(FromClient::Control),
+            Ok(Message::Close(_)) | Err(_) => None,
+        })
+        .take_while(|item| std::future::ready(item.is_some()))
+        .filter_map(std::future::ready);
+    let outgoing = sink.sink_map_err(|_| ()).with(|item: ToClient| {
+        std::future::ready(Ok::<_, ()>(match item {
+            ToClient::Text(text) => Message::Text(text.as_ref().into()),
+            ToClient::Ping => Message::Ping(Default::default()),
+            ToClient::Close(code, reason) => close_message(code, reason),
+        }))
+    });
+    run(
+        Box::pin(incoming),
+        Box::pin(outgoing),
+        ctx,
+        Binding::WebSocket,
+    )
+    .await;
+}
 
 fn error_frame(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Arc<str> {
     error_frame_retry(code, message, reference, None)
@@ -62,24 +125,21 @@ fn close_message(code: u16, reason: &'static str) -> Message {
 }
 
 /// Sends an error and closes, before a session exists.
-async fn reject(mut sink: Sink, code: ErrorCode, message: String, close: u16) {
+async fn reject(mut sink: Outgoing, code: ErrorCode, message: String, close: u16) {
     tracing::debug!(%code, %message, "rejecting connection");
     let _ = timeout(LAST_WORDS_TIMEOUT, async {
-        sink.send(Message::Text(
-            error_frame(code, message, None).as_ref().into(),
-        ))
-        .await?;
-        sink.send(close_message(close, "rejected")).await
+        sink.send(ToClient::Text(error_frame(code, message, None)))
+            .await?;
+        sink.send(ToClient::Close(close, "rejected")).await
     })
     .await;
 }
 
 /// Runs one connection to its end.
-pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
+pub(crate) async fn run(mut stream: Incoming, sink: Outgoing, ctx: Arc<Context>, binding: Binding) {
     ctx.hub
         .connections_accepted
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (sink, mut stream) = socket.split();
     let first = tokio::select! {
         biased;
         _ = ctx.kill.cancelled() => return,
@@ -117,7 +177,7 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
         client,
         status,
         auto,
-        resume,
+        mut resume,
         focus,
         ..
     } = hello
@@ -125,6 +185,16 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
         let message = "the first frame must be hello".to_owned();
         return reject(sink, ErrorCode::HelloRequired, message, close_code::POLICY).await;
     };
+    // Over the HTTP binding, `Last-Event-ID` is the resume's `last_version` when the hello gives none.
+    let (sse, last_event_id) = match binding {
+        Binding::WebSocket => (false, None),
+        Binding::Sse { last_event_id } => (true, last_event_id),
+    };
+    if let (Some(resume), Some(id)) = (resume.as_mut(), last_event_id)
+        && resume.last_version == 0
+    {
+        resume.last_version = id;
+    }
     let user_id = match ctx.auth.verify(&token) {
         Ok(user_id) => user_id,
         Err(AuthError::Expired) => {
@@ -171,7 +241,8 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
                 version: env!("CARGO_PKG_VERSION").into(),
             },
             resume_grace_ms: millis(config.resume_grace),
-            ping_interval_ms: config.ping_interval.map(millis),
+            // Nothing answers pings on an event stream: the client keeps its own heartbeat there.
+            ping_interval_ms: config.ping_interval.filter(|_| !sse).map(millis),
             resumed,
             choice,
         }
@@ -227,13 +298,15 @@ pub(crate) async fn run(socket: WebSocket, ctx: Arc<Context>) {
     if let Some(e) = status_error {
         connection.queue(error_frame(ErrorCode::InvalidStatus, e, None));
     }
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        control,
-        ctx.kill.clone(),
-        ctx.config.ping_interval,
-    ));
+    // An event stream gets a comment at least every heartbeat interval, so that the client hears from the
+    // server when nothing else happens (protocol section 11.3).
+    let keep_alive = if sse {
+        let every = ctx.config.heartbeat_interval;
+        Some(ctx.config.ping_interval.map_or(every, |p| p.min(every)))
+    } else {
+        ctx.config.ping_interval
+    };
+    let writer = tokio::spawn(write_loop(sink, rx, control, ctx.kill.clone(), keep_alive));
     let (last_inbound_at, end) = connection.read_loop(&mut stream).await;
     drop(connection);
     drop(tx);
@@ -416,19 +489,18 @@ fn millis(d: Duration) -> u64 {
 
 /// The first text frame, skipping control frames; `Err` for a binary first frame, `None` if the connection
 /// ended.
-async fn first_text(stream: &mut Stream) -> Option<Result<String, ()>> {
+async fn first_text(stream: &mut Incoming) -> Option<Result<String, ()>> {
     loop {
         match stream.next().await? {
-            Ok(Message::Text(text)) => return Some(Ok(text.as_str().to_owned())),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Binary(_)) => return Some(Err(())),
-            Ok(Message::Close(_)) | Err(_) => return None,
+            FromClient::Text(text) => return Some(Ok(text)),
+            FromClient::Control => continue,
+            FromClient::Binary => return Some(Err(())),
         }
     }
 }
 
 async fn write_loop(
-    mut sink: Sink,
+    mut sink: Outgoing,
     mut rx: mpsc::Receiver<Outbound>,
     control: Arc<SessionControl>,
     kill: tokio_util::sync::CancellationToken,
@@ -446,10 +518,10 @@ async fn write_loop(
             next = rx.recv() => next,
         };
         let message = match next {
-            Some(Outbound::Ping) => Message::Ping(Default::default()),
-            Some(Outbound::Frame(frame)) => Message::Text(frame.as_ref().into()),
+            Some(Outbound::Ping) => ToClient::Ping,
+            Some(Outbound::Frame(frame)) => ToClient::Text(frame),
             Some(Outbound::Close(code, reason)) => {
-                let _ = timeout(LAST_WORDS_TIMEOUT, sink.send(close_message(code, reason))).await;
+                let _ = timeout(LAST_WORDS_TIMEOUT, sink.send(ToClient::Close(code, reason))).await;
                 return;
             }
             None => return,
@@ -473,11 +545,9 @@ async fn write_loop(
         _ => "session stopped",
     };
     let _ = timeout(LAST_WORDS_TIMEOUT, async {
-        sink.send(Message::Text(
-            error_frame(code, message, None).as_ref().into(),
-        ))
-        .await?;
-        sink.send(close_message(close_code::POLICY, "stopped"))
+        sink.send(ToClient::Text(error_frame(code, message, None)))
+            .await?;
+        sink.send(ToClient::Close(close_code::POLICY, "stopped"))
             .await
     })
     .await;
@@ -543,7 +613,7 @@ impl Connection {
     }
 
     /// Reads until the connection ends; returns when the last frame arrived (Unix ms) and how it ended.
-    async fn read_loop(&mut self, stream: &mut Stream) -> (u64, End) {
+    async fn read_loop(&mut self, stream: &mut Incoming) -> (u64, End) {
         let ttl = self.ctx.config.session_ttl;
         let mut last_inbound = Instant::now();
         let mut last_inbound_at = unix_millis();
@@ -567,18 +637,17 @@ impl Connection {
                     break End::Dropped;
                 }
                 message = stream.next() => {
-                    let Some(Ok(message)) = message else { break End::Dropped };
+                    let Some(message) = message else { break End::Dropped };
                     last_inbound = Instant::now();
                     last_inbound_at = unix_millis();
                     match message {
-                        Message::Text(text) => match self.handle_text(text.as_str()) {
+                        FromClient::Text(text) => match self.handle_text(&text) {
                             Flow::Continue => {}
                             Flow::Bye => break End::Bye,
                             Flow::Drop => break End::Dropped,
                         },
                         // Binary frames are not used in v1 and are ignored; control frames only count as life.
-                        Message::Binary(_) | Message::Ping(_) | Message::Pong(_) => {}
-                        Message::Close(_) => break End::Dropped,
+                        FromClient::Binary | FromClient::Control => {}
                     }
                 }
             }

@@ -13,4 +13,5 @@ export type {
   PresenceError,
   StatusReason,
   StatusUpdate,
+  Transport,
 } from "./presently.js";

@@ -46,11 +46,14 @@ export interface OwnStatus {
   reason: StatusReason;
 }
 
+/** The transport a connection uses: a WebSocket, or HTTP + Server-Sent Events where WebSockets are blocked. */
+export type Transport = "websocket" | "sse";
+
 /** The connection's state. */
 export type ConnectionState =
   | { state: "idle" }
-  | { state: "connecting"; attempt: number }
-  | { state: "connected"; sessionId: string }
+  | { state: "connecting"; attempt: number; transport: Transport }
+  | { state: "connected"; sessionId: string; transport: Transport }
   | { state: "reconnecting"; attempt: number; retryInMs: number; reason: string }
   | { state: "closed" }
   | { state: "failed"; code: string; message: string };
@@ -160,10 +163,12 @@ enum JsState {
     Idle,
     Connecting {
         attempt: u32,
+        transport: &'static str,
     },
     #[serde(rename_all = "camelCase")]
     Connected {
         session_id: String,
+        transport: &'static str,
     },
     #[serde(rename_all = "camelCase")]
     Reconnecting {
@@ -284,8 +289,17 @@ fn own_status(status: core::Status, reason: core::StatusReason) -> JsOwnStatus {
 fn state(s: &core::ConnectionState) -> JsState {
     match s.clone() {
         core::ConnectionState::Idle => JsState::Idle,
-        core::ConnectionState::Connecting { attempt } => JsState::Connecting { attempt },
-        core::ConnectionState::Connected { session_id } => JsState::Connected { session_id },
+        core::ConnectionState::Connecting { attempt, transport } => JsState::Connecting {
+            attempt,
+            transport: transport.name(),
+        },
+        core::ConnectionState::Connected {
+            session_id,
+            transport,
+        } => JsState::Connected {
+            session_id,
+            transport: transport.name(),
+        },
         core::ConnectionState::Reconnecting {
             attempt,
             delay,
@@ -555,7 +569,7 @@ fn pump(shared: &Shared) {
             while let Some(command) = d.core.poll_transport() {
                 progressed = true;
                 match command {
-                    TransportCommand::Open => open(shared, &mut d),
+                    TransportCommand::Open { .. } => open(shared, &mut d),
                     TransportCommand::Close => {
                         if let Some(socket) = d.socket.take() {
                             socket.shut();

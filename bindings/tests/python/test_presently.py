@@ -15,7 +15,8 @@ R = presently.StatusReason
 def test_connect_watch_status_changes_and_query(server):
     async def scenario():
         alice = presently.PresenceClient(server.config("alice", app_name="py-test", platform="python"))
-        bob = presently.PresenceClient(server.config("bob"))
+        # Bob uses HTTP + Server-Sent Events (as behind a proxy that blocks WebSockets): same truth for both.
+        bob = presently.PresenceClient(server.config("bob", transport=presently.TransportPolicy.SSE_ONLY))
         seen = Recorder()
         handle = alice.observe(seen)
         # The current state comes first.
@@ -25,6 +26,8 @@ def test_connect_watch_status_changes_and_query(server):
         await bob.connect()
         seen.wait_for(connected, "connected")
         assert isinstance(alice.state(), presently.ConnectionState.CONNECTED)
+        assert alice.state().transport == presently.Transport.WEB_SOCKET
+        assert bob.state().transport == presently.Transport.SSE
         seen.wait_for(presence_of("carol", A.OFFLINE), "carol offline")
 
         bob.set_status(A.BUSY, "Mixing", presently.Activity(kind="in_studio", detail="Logic Pro"))

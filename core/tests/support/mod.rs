@@ -7,7 +7,7 @@ use std::time::Duration;
 use presently_core::protocol::{MAX_FRAME_BYTES, ServerMessage};
 use presently_core::{
     Availability, Client, ClientConfig, ConnectionState, Event, Instant, Presence, ServerInfo,
-    TransportCommand,
+    Transport, TransportCommand,
 };
 use serde_json::Value;
 
@@ -23,6 +23,8 @@ pub struct Harness {
     pub sent: Vec<Value>,
     /// Transport opens requested so far.
     pub opens: u32,
+    /// The transport of every open requested, in order.
+    pub opened: Vec<Transport>,
     pub transport_open: bool,
     pub events: Vec<Event>,
     pub sessions: u32,
@@ -44,6 +46,7 @@ impl Harness {
             now: Instant::ZERO,
             sent: Vec::new(),
             opens: 0,
+            opened: Vec::new(),
             transport_open: false,
             events: Vec::new(),
             sessions: 0,
@@ -64,8 +67,9 @@ impl Harness {
         }
         while let Some(command) = self.client.poll_transport() {
             match command {
-                TransportCommand::Open => {
+                TransportCommand::Open { transport } => {
                     self.opens += 1;
+                    self.opened.push(transport);
                     self.transport_open = false;
                 }
                 TransportCommand::Close => self.transport_open = false,

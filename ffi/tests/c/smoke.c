@@ -271,6 +271,9 @@ int main(int argc, char **argv) {
   presently_event_free(NULL);
   CHECK(presently_client_connect(NULL) == PRESENTLY_RESULT_NULL_ARGUMENT, "NULL client");
   CHECK(presently_client_state(NULL) == PRESENTLY_CONNECTION_STATE_IDLE, "NULL client state");
+  CHECK(presently_client_transport(NULL) == PRESENTLY_TRANSPORT_NONE, "NULL client transport");
+  CHECK(presently_config_set_transport(NULL, PRESENTLY_TRANSPORT_POLICY_AUTO) == PRESENTLY_RESULT_NULL_ARGUMENT,
+        "NULL config transport");
   CHECK(presently_event_kind(NULL) == PRESENTLY_EVENT_KIND_OTHER, "NULL event");
 
   /* Alice's settings: quick idle detection, a warning, quick reconnects, the schedule. */
@@ -280,6 +283,7 @@ int main(int argc, char **argv) {
   OK(presently_config_set_idle_warning_ms(config, 30000));
   OK(presently_config_set_background_away_ms(config, 60000));
   OK(presently_config_set_reconnect_delays_ms(config, 100, 2000));
+  OK(presently_config_set_transport(config, PRESENTLY_TRANSPORT_POLICY_AUTO));
   OK(presently_config_set_dnd_schedule(config, schedule));
 
 
@@ -313,6 +317,7 @@ int main(int argc, char **argv) {
   OK(presently_client_connect(bob));
   CHECK(drain_until(alice, is_connected, NULL, WAIT_MS), "alice connected");
   CHECK(presently_client_state(alice) == PRESENTLY_CONNECTION_STATE_CONNECTED, "alice's state");
+  CHECK(presently_client_transport(alice) == PRESENTLY_TRANSPORT_WEBSOCKET, "alice's transport");
   CHECK(presently_client_set_status(bob, PRESENTLY_AVAILABILITY_OFFLINE, NULL, NULL, NULL) ==
             PRESENTLY_RESULT_INVALID_ARGUMENT, "offline is not settable");
   CHECK(last_error_contains("INVISIBLE"), "the detail suggests invisible");

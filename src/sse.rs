@@ -1,0 +1,211 @@
+//! The HTTP binding's connection (protocol section 11) for the tokio driver: the opening `POST` with the
+//! `hello`, its event stream read in chunks, and every later frame sent as its own `POST`, one at a time so that
+//! they keep their order. Like the WebSocket connection it decides nothing: the core parses and judges.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use presently_core::protocol::HttpBindingUrls;
+use tokio::sync::{mpsc, oneshot};
+
+/// The header naming the connection in every `POST /send`.
+const CONNECTION_HEADER: &str = "Presently-Connection";
+/// Frames waiting to be sent before the connection is considered stuck.
+const WRITE_QUEUE: usize = 256;
+/// Chunks of the event stream waiting for the driver.
+const READ_QUEUE: usize = 64;
+
+/// What the connection's task reports to the driver.
+pub(crate) enum SseInput {
+    /// A chunk of the event stream.
+    Chunk(bytes::Bytes),
+    /// The connection ended (the stream ended or failed, a request failed); for people.
+    Ended(String),
+}
+
+/// An open HTTP-binding connection, seen from the driver.
+pub(crate) struct SseConnection {
+    frames: mpsc::Sender<String>,
+    pub(crate) inbound: mpsc::Receiver<SseInput>,
+    /// Dropped with the connection: the task sends what is queued (a `bye`) within the flush timeout and stops.
+    _closing: oneshot::Sender<()>,
+}
+
+impl SseConnection {
+    /// Starts the connection's task; the first frame queued is the `hello` of the opening `POST`.
+    pub(crate) fn start(
+        http: reqwest::Client,
+        urls: HttpBindingUrls,
+        last_event_id: Option<u64>,
+        flush_timeout: Duration,
+    ) -> Self {
+        let (frames, queue) = mpsc::channel(WRITE_QUEUE);
+        let (report, inbound) = mpsc::channel(READ_QUEUE);
+        let (closing_tx, closing) = oneshot::channel();
+        tokio::spawn(async move {
+            let outcome = run(
+                &http,
+                &urls,
+                last_event_id,
+                queue,
+                &report,
+                closing,
+                flush_timeout,
+            )
+            .await;
+            if let Err(reason) = outcome {
+                let _ = report.send(SseInput::Ended(reason)).await;
+            }
+        });
+        SseConnection {
+            frames,
+            inbound,
+            _closing: closing_tx,
+        }
+    }
+
+    /// Queues a frame; `false` if the connection cannot take it (ended, or stuck behind a full queue).
+    pub(crate) fn send(&self, frame: String) -> bool {
+        self.frames.try_send(frame).is_ok()
+    }
+}
+
+type Sending = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+async fn run(
+    http: &reqwest::Client,
+    urls: &HttpBindingUrls,
+    last_event_id: Option<u64>,
+    mut queue: mpsc::Receiver<String>,
+    report: &mpsc::Sender<SseInput>,
+    mut closing: oneshot::Receiver<()>,
+    flush_timeout: Duration,
+) -> Result<(), String> {
+    let hello = tokio::select! {
+        biased;
+        _ = &mut closing => return Ok(()),
+        hello = queue.recv() => match hello {
+            Some(hello) => hello,
+            None => return Ok(()),
+        },
+    };
+    let mut request = http
+        .post(&urls.open)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(reqwest::header::ACCEPT, "text/event-stream")
+        .body(hello);
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    let response = tokio::select! {
+        biased;
+        _ = &mut closing => return Ok(()),
+        response = request.send() => response.map_err(|e| format!("cannot reach the server over HTTP: {}", chain(&e)))?,
+    };
+    let status = response.status();
+    let is_stream = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if status != reqwest::StatusCode::OK || !is_stream {
+        return Err(format!(
+            "the server answered HTTP {status} instead of an event stream"
+        ));
+    }
+    let connection_id = response
+        .headers()
+        .get(CONNECTION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("the event stream came without a {CONNECTION_HEADER} header"))?;
+    let mut body = response.bytes_stream();
+    let mut sending: Option<Sending> = None;
+    let post = |frame: String| -> Sending {
+        Box::pin(send_one(
+            http.clone(),
+            urls.send.clone(),
+            connection_id.clone(),
+            frame,
+        ))
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut closing => {
+                // Dropped by the driver: finish what is in flight, send what is queued (a `bye`), within a bound.
+                let _ = tokio::time::timeout(flush_timeout, async {
+                    if let Some(in_flight) = sending.take() {
+                        in_flight.await?;
+                    }
+                    while let Ok(frame) = queue.try_recv() {
+                        post(frame).await?;
+                    }
+                    Ok::<(), String>(())
+                })
+                .await;
+                return Ok(());
+            }
+            done = in_flight(sending.as_mut()) => {
+                sending = None;
+                done?;
+            }
+            frame = queue.recv(), if sending.is_none() => match frame {
+                Some(frame) => sending = Some(post(frame)),
+                None => return Ok(()),
+            },
+            chunk = body.next() => match chunk {
+                Some(Ok(bytes)) => {
+                    if report.send(SseInput::Chunk(bytes)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => return Err(format!("the event stream failed: {e}")),
+                None => return Err("the server ended the event stream".to_owned()),
+            },
+        }
+    }
+}
+
+async fn in_flight(sending: Option<&mut Sending>) -> Result<(), String> {
+    match sending {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `POST /send` of one frame.
+async fn send_one(
+    http: reqwest::Client,
+    url: String,
+    connection_id: String,
+    frame: String,
+) -> Result<(), String> {
+    let response = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(CONNECTION_HEADER, connection_id)
+        .body(frame)
+        .send()
+        .await
+        .map_err(|e| format!("sending over HTTP failed: {}", chain(&e)))?;
+    match response.status() {
+        status if status.is_success() => Ok(()),
+        reqwest::StatusCode::NOT_FOUND => Err("the server no longer knows this connection".into()),
+        status => Err(format!("the server answered HTTP {status} to a message")),
+    }
+}
+
+/// An error with its causes (reqwest's own message leaves out why a request failed, e.g. the certificate).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
