@@ -7,6 +7,8 @@ const client = new PresenceClient({
   token: params.get("token") ?? "",
   appName: "browser-example",
   platform: "browser",
+  // "auto" (the default), "websocket" or "sse".
+  transport: params.get("transport") ?? undefined,
 });
 const watch = (params.get("watch") ?? "").split(",").filter(Boolean);
 const roster = document.querySelector("#roster");

@@ -221,7 +221,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         app = app
             .route(SSE_PATH, axum::routing::post(sse::open))
             .route(SSE_SEND_PATH, axum::routing::post(sse::send))
-            .layer(axum::extract::DefaultBodyLimit::max(hard_limit));
+            .layer(axum::extract::DefaultBodyLimit::max(hard_limit))
+            .layer(sse::cors());
     }
     let app = app
         .route("/healthz", get(|| async { "ok" }))

@@ -32,6 +32,23 @@ const INBOUND_QUEUE: usize = 64;
 /// Messages waiting for the response body (the session's own outbound queue is in front of it).
 const OUTBOUND_QUEUE: usize = 16;
 
+/// Cross-origin rules for the HTTP binding: pages of any origin may use it, as they may open a WebSocket (the
+/// credential is in the body, never a cookie); they may send the protocol's headers and read the connection id.
+pub(crate) fn cors() -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method, header};
+    let connection = HeaderName::from_static("presently-connection");
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            connection.clone(),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([connection])
+}
+
 /// The open connections of the HTTP binding, by connection id.
 #[derive(Default)]
 pub(crate) struct Connections {

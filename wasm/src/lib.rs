@@ -118,6 +118,12 @@ export interface PresenceClientOptions {
   reconnectMaxDelayMs?: number;
   /** Quiet hours from the start. */
   dnd?: DndSchedule;
+  /**
+   * Which transports to use. "auto" (default): WebSocket, falling back to HTTP + Server-Sent Events when
+   * WebSocket attempts keep failing (a proxy that blocks them), and back to WebSocket later. The server must
+   * allow the page's origin for HTTP (the reference server allows every origin).
+   */
+  transport?: "auto" | "websocket" | "sse";
 }
 "#;
 
@@ -220,6 +226,7 @@ struct Options {
     reconnect_base_delay_ms: Option<f64>,
     reconnect_max_delay_ms: Option<f64>,
     dnd: Option<Schedule>,
+    transport: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -526,7 +533,11 @@ type PageListener = (
 struct Driver {
     core: core::Client,
     url: String,
+    /// The HTTP binding's URLs beside `url`.
+    http_urls: core::protocol::HttpBindingUrls,
     socket: Option<Socket>,
+    /// The open (or opening) connection of the HTTP binding.
+    http: Option<HttpConnection>,
     /// Counts sockets, so that events of an old one are ignored.
     generation: u64,
     timer: Option<gloo_timers::callback::Timeout>,
@@ -560,6 +571,10 @@ fn pump(shared: &Shared) {
             let mut progressed = false;
             while let Some(frame) = d.core.poll_transmit() {
                 progressed = true;
+                if d.http.is_some() {
+                    http_send(shared, &mut d, frame);
+                    continue;
+                }
                 let sent = d.socket.as_ref().map(|s| s.ws.send_with_str(&frame));
                 if !matches!(sent, Some(Ok(()))) {
                     d.core
@@ -569,10 +584,13 @@ fn pump(shared: &Shared) {
             while let Some(command) = d.core.poll_transport() {
                 progressed = true;
                 match command {
-                    TransportCommand::Open { .. } => open(shared, &mut d),
+                    TransportCommand::Open { transport } => open(shared, &mut d, transport),
                     TransportCommand::Close => {
                         if let Some(socket) = d.socket.take() {
                             socket.shut();
+                        }
+                        if let Some(http) = d.http.take() {
+                            http.shut();
                         }
                     }
                 }
@@ -622,7 +640,11 @@ fn collect(d: &mut Driver, event: core::Event, calls: &mut Vec<Call>) {
                         calls.push(Call::Resolve(reject, error.clone()));
                     }
                 }
-                core::ConnectionState::Reconnecting { reason, .. } => {
+                // With the automatic policy a failure counts once the HTTP binding was tried too.
+                core::ConnectionState::Reconnecting { reason, .. }
+                    if d.core.config().transport != core::TransportPolicy::Auto
+                        || d.core.transport() == core::Transport::Sse =>
+                {
                     let error = error_value(
                         "unreachable",
                         format!("could not connect: {reason} (retrying in the background)"),
@@ -686,15 +708,22 @@ fn collect(d: &mut Driver, event: core::Event, calls: &mut Vec<Call>) {
     }
 }
 
-/// Opens a WebSocket for the core (after asking `getToken`, if given).
-fn open(shared: &Shared, d: &mut Driver) {
+/// Opens a connection for the core on `transport` (after asking `getToken`, if given).
+fn open(shared: &Shared, d: &mut Driver, transport: core::Transport) {
     if let Some(socket) = d.socket.take() {
         socket.shut();
     }
+    if let Some(http) = d.http.take() {
+        http.shut();
+    }
     d.generation += 1;
     let generation = d.generation;
+    let connect = move |shared: &Shared, d: &mut Driver| match transport {
+        core::Transport::WebSocket => connect_socket(shared, d, generation),
+        core::Transport::Sse => start_http(d),
+    };
     match d.get_token.clone() {
-        None => connect_socket(shared, d, generation),
+        None => connect(shared, d),
         Some(get_token) => {
             let shared = shared.clone();
             wasm_bindgen_futures::spawn_local(async move {
@@ -708,7 +737,7 @@ fn open(shared: &Shared, d: &mut Driver) {
                 match token {
                     Ok(token) => {
                         d.core.set_token(token);
-                        connect_socket(&shared, &mut d, generation);
+                        connect(&shared, &mut d);
                     }
                     Err(why) => d.core.handle_transport_closed(&why, now()),
                 }
@@ -808,6 +837,280 @@ fn connect_socket(shared: &Shared, d: &mut Driver, generation: u64) {
         _on_close: on_close,
         _on_error: on_error,
     });
+}
+
+// ----- the HTTP binding (protocol section 11): fetch up, an event stream down -----
+
+#[wasm_bindgen]
+extern "C" {
+    /// The global `fetch` (windows and workers alike).
+    #[wasm_bindgen(js_name = fetch)]
+    fn fetch_with_init(input: &str, init: &web_sys::RequestInit) -> js_sys::Promise;
+}
+
+/// The header naming a connection of the HTTP binding.
+const CONNECTION_HEADER: &str = "Presently-Connection";
+
+/// A connection of the HTTP binding: the opening request carries the `hello` and its body is the event stream;
+/// every later frame is its own request, one at a time so that they keep their order.
+struct HttpConnection {
+    /// Where frames after the `hello` go.
+    send_url: String,
+    /// Aborts the event stream.
+    abort: Option<web_sys::AbortController>,
+    /// The opening request went out (it took the first frame, the `hello`).
+    opened: bool,
+    /// The connection's id, once the stream's answer arrived.
+    id: Option<String>,
+    /// Frames waiting for their request, in order.
+    queue: std::collections::VecDeque<String>,
+    /// A request with a frame is under way.
+    sending: bool,
+    parser: core::sse::SseParser,
+}
+
+impl HttpConnection {
+    /// Sends what is queued (a `bye`) without waiting, and drops the event stream.
+    fn shut(self) {
+        if let Some(id) = &self.id {
+            for frame in &self.queue {
+                let _ = fetch_with_init(
+                    &self.send_url,
+                    &post(frame, &[(CONNECTION_HEADER, id)], None),
+                );
+            }
+        }
+        if let Some(abort) = self.abort {
+            abort.abort();
+        }
+    }
+}
+
+/// A `POST` with a JSON body, these extra headers, and an abort signal if given.
+fn post(
+    body: &str,
+    extra_headers: &[(&str, &str)],
+    signal: Option<&web_sys::AbortSignal>,
+) -> web_sys::RequestInit {
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    init.set_body(&JsValue::from_str(body));
+    if let Ok(headers) = web_sys::Headers::new() {
+        let _ = headers.set("Content-Type", "application/json");
+        for (name, value) in extra_headers {
+            let _ = headers.set(name, value);
+        }
+        init.set_headers(&headers);
+    }
+    if let Some(signal) = signal {
+        init.set_signal(Some(signal));
+    }
+    init
+}
+
+/// Starts a connection of the HTTP binding: nothing to open before the `hello`, so the transport is ready now.
+fn start_http(d: &mut Driver) {
+    d.http = Some(HttpConnection {
+        send_url: d.http_urls.send.clone(),
+        abort: web_sys::AbortController::new().ok(),
+        opened: false,
+        id: None,
+        queue: std::collections::VecDeque::new(),
+        sending: false,
+        parser: core::sse::SseParser::new(4 * core::protocol::MAX_FRAME_BYTES),
+    });
+    d.core.handle_transport_open(now());
+}
+
+/// A frame for the HTTP binding: the first opens the stream, the others queue for their request.
+fn http_send(shared: &Shared, d: &mut Driver, frame: String) {
+    let generation = d.generation;
+    let last_event_id = d.core.resume_version();
+    let open_url = d.http_urls.open.clone();
+    let Some(http) = d.http.as_mut() else {
+        return;
+    };
+    if http.opened {
+        http.queue.push_back(frame);
+        send_next(shared, d);
+        return;
+    }
+    http.opened = true;
+    let last_event_id = last_event_id.map(|id| id.to_string());
+    let mut headers = vec![("Accept", "text/event-stream")];
+    if let Some(id) = &last_event_id {
+        headers.push(("Last-Event-ID", id));
+    }
+    let init = post(
+        &frame,
+        &headers,
+        http.abort.as_ref().map(|a| a.signal()).as_ref(),
+    );
+    let shared = shared.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        let outcome = read_stream(&shared, generation, &open_url, &init).await;
+        let Ok(mut d) = shared.try_borrow_mut() else {
+            return;
+        };
+        if d.generation != generation {
+            return;
+        }
+        d.http = None;
+        d.core.handle_transport_closed(&outcome, now());
+        drop(d);
+        pump(&shared);
+    });
+}
+
+/// Runs the opening request and reads its event stream into the core until it ends; returns why it ended.
+async fn read_stream(
+    shared: &Shared,
+    generation: u64,
+    url: &str,
+    init: &web_sys::RequestInit,
+) -> String {
+    let response = match wasm_bindgen_futures::JsFuture::from(fetch_with_init(url, init)).await {
+        Ok(response) => response.unchecked_into::<web_sys::Response>(),
+        Err(e) => return format!("cannot reach the server over HTTP: {}", describe(&e)),
+    };
+    let is_stream = response
+        .headers()
+        .get("Content-Type")
+        .ok()
+        .flatten()
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if response.status() != 200 || !is_stream {
+        return format!(
+            "the server answered HTTP {} instead of an event stream",
+            response.status()
+        );
+    }
+    let Some(id) = response.headers().get(CONNECTION_HEADER).ok().flatten() else {
+        return format!("the event stream came without a readable {CONNECTION_HEADER} header");
+    };
+    let Some(body) = response.body() else {
+        return "the event stream has no body".into();
+    };
+    {
+        let Ok(mut d) = shared.try_borrow_mut() else {
+            return "the client is busy".into();
+        };
+        if d.generation != generation {
+            return "replaced".into();
+        }
+        if let Some(http) = d.http.as_mut() {
+            http.id = Some(id);
+        }
+        send_next(shared, &mut d);
+    }
+    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    loop {
+        let chunk = match wasm_bindgen_futures::JsFuture::from(reader.read()).await {
+            Ok(chunk) => chunk,
+            Err(e) => return format!("the event stream failed: {}", describe(&e)),
+        };
+        let done = js_sys::Reflect::get(&chunk, &"done".into())
+            .map(|v| v.is_truthy())
+            .unwrap_or(true);
+        if done {
+            return "the server ended the event stream".into();
+        }
+        let Ok(value) = js_sys::Reflect::get(&chunk, &"value".into()) else {
+            continue;
+        };
+        let bytes = js_sys::Uint8Array::new(&value).to_vec();
+        {
+            let Ok(mut d) = shared.try_borrow_mut() else {
+                continue;
+            };
+            if d.generation != generation {
+                return "replaced".into();
+            }
+            let d = &mut *d;
+            let Some(http) = d.http.as_mut() else {
+                return "closed".into();
+            };
+            let fed = http.parser.feed(&bytes);
+            while let Some(item) = http.parser.poll_item() {
+                match item {
+                    core::sse::SseItem::Event(event) if event.event == "message" => {
+                        d.core.handle_frame(&event.data, now())
+                    }
+                    _ => d.core.handle_inbound_activity(now()),
+                }
+            }
+            if let Err(e) = fed {
+                return e.to_string();
+            }
+        }
+        pump(shared);
+    }
+}
+
+/// Sends the next queued frame of the HTTP binding if none is under way and the connection id is known.
+fn send_next(shared: &Shared, d: &mut Driver) {
+    let generation = d.generation;
+    let url = d.http_urls.send.clone();
+    let Some(http) = d.http.as_mut() else {
+        return;
+    };
+    if http.sending {
+        return;
+    }
+    let Some(id) = http.id.clone() else {
+        return;
+    };
+    let Some(frame) = http.queue.pop_front() else {
+        return;
+    };
+    http.sending = true;
+    let shared = shared.clone();
+    wasm_bindgen_futures::spawn_local(async move {
+        let init = post(&frame, &[(CONNECTION_HEADER, &id)], None);
+        let outcome = match wasm_bindgen_futures::JsFuture::from(fetch_with_init(&url, &init)).await
+        {
+            Ok(response) => {
+                let response: web_sys::Response = response.unchecked_into();
+                match response.status() {
+                    200..=299 => Ok(()),
+                    404 => Err("the server no longer knows this connection".to_owned()),
+                    status => Err(format!("the server answered HTTP {status} to a message")),
+                }
+            }
+            Err(e) => Err(format!("sending over HTTP failed: {}", describe(&e))),
+        };
+        let Ok(mut d) = shared.try_borrow_mut() else {
+            return;
+        };
+        if d.generation != generation {
+            return;
+        }
+        match outcome {
+            Ok(()) => {
+                if let Some(http) = d.http.as_mut() {
+                    http.sending = false;
+                }
+                send_next(&shared, &mut d);
+            }
+            Err(why) => {
+                if let Some(http) = d.http.take() {
+                    http.shut();
+                }
+                d.core.handle_transport_closed(&why, now());
+            }
+        }
+        drop(d);
+        pump(&shared);
+    });
+}
+
+/// A JavaScript error for people.
+fn describe(error: &JsValue) -> String {
+    error
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| error.as_string())
+        .unwrap_or_else(|| "unknown error".into())
 }
 
 /// Arms one timer for the core's next deadline (none if it has none).
@@ -992,6 +1295,8 @@ impl PresenceClient {
                 parsed.url
             )));
         }
+        let http_urls = core::protocol::http_binding_urls(&parsed.url)
+            .ok_or_else(|| invalid("no HTTP binding URL can be derived from url"))?;
         if parsed.token.is_none() && get_token.is_none() {
             return Err(invalid("give a token or getToken"));
         }
@@ -1031,6 +1336,16 @@ impl PresenceClient {
             config.reconnect.base_delay = base;
             config.reconnect.max_delay = max;
         }
+        config.transport = match parsed.transport.as_deref() {
+            None | Some("auto") => core::TransportPolicy::Auto,
+            Some("websocket") => core::TransportPolicy::WebSocketOnly,
+            Some("sse") => core::TransportPolicy::SseOnly,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "transport must be \"auto\", \"websocket\" or \"sse\", not {other:?}"
+                )));
+            }
+        };
         let dnd = parsed.dnd.map(schedule).transpose()?;
         let mut seed = [0u8; 8];
         for byte in &mut seed {
@@ -1047,8 +1362,10 @@ impl PresenceClient {
         let client = PresenceClient {
             shared: Rc::new(RefCell::new(Driver {
                 core,
+                http_urls,
                 url: parsed.url,
                 socket: None,
+                http: None,
                 generation: 0,
                 timer: None,
                 timer_at: None,

@@ -54,6 +54,10 @@ fn bad_options_and_input_throw_clear_errors() {
             r#"{"url":"ws://x/v1/ws","token":"t","dnd":{"timezone":"UTC","windows":[{"days":"daily","start":"25:00","end":"07:00"}]}}"#,
             "25:00",
         ),
+        (
+            r#"{"url":"ws://x/v1/ws","token":"t","transport":"carrier-pigeon"}"#,
+            "carrier-pigeon",
+        ),
     ] {
         let error = PresenceClient::new(options(json)).err().expect(json);
         let message = message_of(error);

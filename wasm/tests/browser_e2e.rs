@@ -41,6 +41,20 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// Builds the npm package into `target/browser-e2e/pkg`, once for all the tests of this file (they run at the
+/// same time), and returns where it is.
+fn package() -> PathBuf {
+    static BUILT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.as_ref() {
+        return path.clone();
+    }
+    let path = target_dir().join("browser-e2e").join("pkg");
+    build_package(&path);
+    *built = Some(path.clone());
+    path
+}
+
 /// Builds the npm package into `out`.
 fn build_package(out: &Path) {
     let status = Command::new(repo().join("scripts/build-npm"))
@@ -255,9 +269,7 @@ async fn native_client(url: &str, token: String) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_live_presence_and_stays_online_while_hidden() {
     let out = target_dir().join("browser-e2e");
-    let package = out.join("pkg");
-    build_package(&package);
-    let site = serve_files(package).await;
+    let site = serve_files(package()).await;
 
     let server = presently_server::start(
         presently_server::ServerConfig::new(
@@ -419,6 +431,93 @@ async fn the_page_shows_live_presence_and_stays_online_while_hidden() {
 
     bob.close().await;
     carol.close().await;
+    drop(browser);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_websocket_blocked_the_page_falls_back_to_sse_and_recovers_after_a_server_restart() {
+    let site = serve_files(package()).await;
+    let config = |addr: std::net::SocketAddr| {
+        let mut config = presently_server::ServerConfig::new(addr, SECRET.to_vec())
+            .with_heartbeat(HEARTBEAT, TTL);
+        // As behind a proxy that blocks WebSockets: only the HTTP binding answers.
+        config.websocket = false;
+        config
+    };
+    let server = presently_server::start(config("127.0.0.1:0".parse().expect("an address")))
+        .await
+        .expect("the server starts");
+    let addr = server.local_addr();
+    let token = |user: &str| {
+        server
+            .mint_token(user, Duration::from_secs(600))
+            .expect("a token")
+    };
+    let bob = native_client(&server.ws_url(), token("bob")).await;
+    let mut browser = Browser::launch().await;
+    let page_url = format!(
+        "{site}/?server={}&token={}&watch=bob",
+        server.ws_url(),
+        token("alice")
+    );
+    let (_, page) = browser.open(&page_url).await;
+    browser
+        .until(
+            &page,
+            "window.presently?.state().state === 'connected' && window.presently.state().transport === 'sse'",
+            "the page connected over SSE",
+        )
+        .await;
+    bob.set_status(Status::new(Availability::Busy).with_message("Mixing"))
+        .expect("bob's status");
+    let shown_after = browser
+        .until(
+            &page,
+            "document.querySelector('#user-bob')?.textContent === 'bob: busy — Mixing'",
+            "bob busy on the page",
+        )
+        .await;
+    println!("over SSE, the page showed bob's change after {shown_after:?} (polled every 10 ms)");
+    assert!(shown_after < Duration::from_secs(1), "{shown_after:?}");
+
+    // Quiet for several TTLs: the page's pings over HTTP keep its session.
+    tokio::time::sleep(TTL * 3).await;
+    assert_eq!(server.stats().sessions_active, 2, "{:?}", server.stats());
+
+    // The server dies and comes back: the page reconnects by itself over SSE and sees bob's next change.
+    server.kill().await;
+    browser
+        .until(
+            &page,
+            "window.presently.state().state !== 'connected'",
+            "the page noticed",
+        )
+        .await;
+    let server = presently_server::start(config(addr))
+        .await
+        .expect("the server restarts");
+    browser
+        .until(
+            &page,
+            "window.presently.state().state === 'connected' && window.presently.state().transport === 'sse'",
+            "the page back over SSE",
+        )
+        .await;
+    wait_for(&bob, "bob back", |c| {
+        matches!(c.state(), presently::ConnectionState::Connected { .. })
+    })
+    .await;
+    bob.set_status(Status::new(Availability::Away).with_message("lunch"))
+        .expect("bob's status");
+    browser
+        .until(
+            &page,
+            "document.querySelector('#user-bob')?.textContent === 'bob: away — lunch'",
+            "bob away on the page after the restart",
+        )
+        .await;
+    bob.close().await;
     drop(browser);
     server.shutdown().await;
 }
