@@ -412,6 +412,10 @@ pub struct PresenceConfig {
     /// Which transports to use. Default `Auto`.
     #[uniffi(default = None)]
     pub transport: Option<TransportPolicy>,
+    /// With `Auto`: how many attempts in a row must fail before the server's welcome before the client switches
+    /// transport. Default 2.
+    #[uniffi(default = None)]
+    pub fallback_after: Option<u32>,
 }
 
 /// Milliseconds as an optional duration: 0 means off.
@@ -564,6 +568,9 @@ impl PresenceClient {
         }
         if let Some(dnd) = &config.dnd {
             builder = builder.dnd_schedule(dnd.to_sdk()?);
+        }
+        if let Some(attempts) = config.fallback_after {
+            builder = builder.fallback_after(attempts);
         }
         if let Some(policy) = config.transport {
             builder = builder.transport(match policy {

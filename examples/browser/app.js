@@ -9,6 +9,8 @@ const client = new PresenceClient({
   platform: "browser",
   // "auto" (the default), "websocket" or "sse".
   transport: params.get("transport") ?? undefined,
+  // Seconds matter in tests: how long a silent link may last before the client reconnects.
+  livenessGraceMs: Number(params.get("grace")) || undefined,
 });
 const watch = (params.get("watch") ?? "").split(",").filter(Boolean);
 const roster = document.querySelector("#roster");

@@ -324,6 +324,11 @@ enum PresentlyResult presently_config_set_reconnect_delays_ms(struct PresentlyCo
 enum PresentlyResult presently_config_set_transport(struct PresentlyConfig *config,
                                                     enum PresentlyTransportPolicy policy);
 
+// With the AUTO transport policy: how many attempts in a row must fail before the server's welcome before the
+// client switches transport (1 to 100; default 2). One thread at a time per config; never blocks.
+enum PresentlyResult presently_config_set_fallback_after(struct PresentlyConfig *config,
+                                                         uint32_t attempts);
+
 // Uses `schedule` (copied; NULL for none) as the weekly do-not-disturb schedule from the start. One thread at a
 // time per config; never blocks.
 enum PresentlyResult presently_config_set_dnd_schedule(struct PresentlyConfig *config,

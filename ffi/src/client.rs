@@ -230,6 +230,9 @@ fn build_client(settings: &Settings) -> Result<presently_sdk::Client, PresentlyR
     if let Some(policy) = settings.transport {
         builder = builder.transport(policy);
     }
+    if let Some(attempts) = settings.fallback_after {
+        builder = builder.fallback_after(attempts);
+    }
     if let Some(policy) = &settings.reconnect {
         builder = builder.reconnect_policy(policy.clone());
     }

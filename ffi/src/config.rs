@@ -57,6 +57,7 @@ pub(crate) struct Settings {
     pub(crate) background_away_after: Option<Option<Duration>>,
     pub(crate) reconnect: Option<ReconnectPolicy>,
     pub(crate) transport: Option<presently_sdk::TransportPolicy>,
+    pub(crate) fallback_after: Option<u32>,
     pub(crate) dnd: Option<DndSchedule>,
 }
 
@@ -105,6 +106,7 @@ pub unsafe extern "C" fn presently_config_new(
                 background_away_after: None,
                 reconnect: None,
                 transport: None,
+                fallback_after: None,
                 dnd: None,
             },
         });
@@ -297,6 +299,28 @@ pub unsafe extern "C" fn presently_config_set_transport(
                 }
                 PresentlyTransportPolicy::Sse => presently_sdk::TransportPolicy::SseOnly,
             });
+            Ok(())
+        })
+    }
+}
+
+/// With the AUTO transport policy: how many attempts in a row must fail before the server's welcome before the
+/// client switches transport (1 to 100; default 2). One thread at a time per config; never blocks.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn presently_config_set_fallback_after(
+    config: *mut PresentlyConfig,
+    attempts: u32,
+) -> PresentlyResult {
+    // SAFETY: see `with_config`.
+    unsafe {
+        with_config(config, |s| {
+            if !(1..=100).contains(&attempts) {
+                return Err(fail(
+                    PresentlyResult::InvalidArgument,
+                    format!("fallback_after must be from 1 to 100, not {attempts}"),
+                ));
+            }
+            s.fallback_after = Some(attempts);
             Ok(())
         })
     }

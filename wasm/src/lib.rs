@@ -124,6 +124,13 @@ export interface PresenceClientOptions {
    * allow the page's origin for HTTP (the reference server allows every origin).
    */
   transport?: "auto" | "websocket" | "sse";
+  /** With transport "auto": how many attempts in a row must fail before switching transport. Default 2. */
+  fallbackAfter?: number;
+  /**
+   * How long past the server's heartbeat interval to wait for a sign of life before declaring the link dead
+   * and reconnecting. Default 10000.
+   */
+  livenessGraceMs?: number;
 }
 "#;
 
@@ -227,6 +234,8 @@ struct Options {
     reconnect_max_delay_ms: Option<f64>,
     dnd: Option<Schedule>,
     transport: Option<String>,
+    fallback_after: Option<f64>,
+    liveness_grace_ms: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -1346,6 +1355,17 @@ impl PresenceClient {
                 )));
             }
         };
+        if let Some(attempts) = parsed.fallback_after {
+            if !(1.0..=100.0).contains(&attempts) || attempts.fract() != 0.0 {
+                return Err(invalid(
+                    "fallbackAfter must be a whole number from 1 to 100",
+                ));
+            }
+            config.fallback_after = attempts as u32;
+        }
+        if let Some(ms) = parsed.liveness_grace_ms {
+            config.liveness_grace = millis("livenessGraceMs", ms)?.unwrap_or(Duration::ZERO);
+        }
         let dnd = parsed.dnd.map(schedule).transpose()?;
         let mut seed = [0u8; 8];
         for byte in &mut seed {

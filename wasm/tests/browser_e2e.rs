@@ -2,7 +2,9 @@
 //! headless Chromium, connects to a reference server and shows a live presence list. A native client changes its
 //! status and the page must show it within 1 s; then the page is hidden (another tab in front) and frozen (no
 //! JavaScript at all) for several session TTLs, and the native watcher must never see it go offline. A screenshot
-//! of the page is saved to `target/browser-e2e/screenshot.png`.
+//! of the page is saved to `target/browser-e2e/screenshot.png`. A second scenario runs the page against a server
+//! without WebSocket (as behind a proxy that blocks them): it falls back to HTTP + Server-Sent Events, shows a
+//! change live, keeps its session, recovers from a server restart and detects a frozen (half-open) link.
 //!
 //! Chromium is driven over the DevTools protocol with tokio-tungstenite; `chromium` must be installed
 //! (scripts/test installs Debian's). A second test compiles `tests/ts/usage.ts` against the package's types with
@@ -436,7 +438,8 @@ async fn the_page_shows_live_presence_and_stays_online_while_hidden() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_websocket_blocked_the_page_falls_back_to_sse_and_recovers_after_a_server_restart() {
+async fn with_websocket_blocked_the_page_falls_back_to_sse_and_recovers_from_a_restart_and_a_frozen_link()
+ {
     let site = serve_files(package()).await;
     let config = |addr: std::net::SocketAddr| {
         let mut config = presently_server::ServerConfig::new(addr, SECRET.to_vec())
@@ -455,10 +458,12 @@ async fn with_websocket_blocked_the_page_falls_back_to_sse_and_recovers_after_a_
             .expect("a token")
     };
     let bob = native_client(&server.ws_url(), token("bob")).await;
+    // The page reaches the server through a proxy whose connections can be frozen (a half-open link).
+    let proxy = FreezableProxy::start(addr).await;
     let mut browser = Browser::launch().await;
     let page_url = format!(
-        "{site}/?server={}&token={}&watch=bob",
-        server.ws_url(),
+        "{site}/?server=ws://{}/v1/ws&token={}&watch=bob&grace=500",
+        proxy.addr,
         token("alice")
     );
     let (_, page) = browser.open(&page_url).await;
@@ -517,9 +522,106 @@ async fn with_websocket_blocked_the_page_falls_back_to_sse_and_recovers_after_a_
             "bob away on the page after the restart",
         )
         .await;
+
+    // The link goes half-open: nothing flows, nothing closes. The page notices within interval + grace and
+    // reconnects through fresh connections.
+    proxy.freeze();
+    let detected_after = browser
+        .until(
+            &page,
+            "window.presently.state().state === 'reconnecting'",
+            "the page noticed the frozen link",
+        )
+        .await;
+    println!(
+        "the page detected the frozen SSE link after {detected_after:?} (interval + grace = {:?})",
+        HEARTBEAT + Duration::from_millis(500)
+    );
+    browser
+        .until(
+            &page,
+            "window.presently.state().state === 'connected'",
+            "the page reconnected",
+        )
+        .await;
+    bob.set_status(Status::new(Availability::Online).with_message("back"))
+        .expect("bob's status");
+    browser
+        .until(
+            &page,
+            "document.querySelector('#user-bob')?.textContent === 'bob: online — back'",
+            "bob's change on the page after the frozen link",
+        )
+        .await;
     bob.close().await;
     drop(browser);
     server.shutdown().await;
+}
+
+/// A TCP proxy whose existing connections can be frozen: bytes stop flowing both ways but nothing is closed, as
+/// on a link gone half-open. Connections made after a freeze flow normally.
+struct FreezableProxy {
+    addr: std::net::SocketAddr,
+    frozen_before: tokio::sync::watch::Sender<u64>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FreezableProxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let addr = listener.local_addr().expect("an address");
+        let (frozen_before, frozen) = tokio::sync::watch::channel(0u64);
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let counter = next.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let id = counter.fetch_add(1, Ordering::SeqCst);
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(pump(ri, wo, id, frozen.clone()));
+                tokio::spawn(pump(ro, wi, id, frozen.clone()));
+            }
+        });
+        FreezableProxy {
+            addr,
+            frozen_before,
+            next,
+        }
+    }
+
+    /// Freezes every connection open now.
+    fn freeze(&self) {
+        self.frozen_before
+            .send_replace(self.next.load(Ordering::SeqCst));
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: u64,
+    mut frozen_before: tokio::sync::watch::Receiver<u64>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if id < *frozen_before.borrow() {
+            // Half-open: hold both sockets and move nothing, for ever.
+            let _keep = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => { let _ = to.shutdown().await; return; }
+                Ok(n) => if to.write_all(&buf[..n]).await.is_err() { return },
+            },
+            _ = frozen_before.changed() => {}
+        }
+    }
 }
 
 /// TypeScript's version, pinned.

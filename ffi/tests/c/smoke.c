@@ -284,6 +284,8 @@ int main(int argc, char **argv) {
   OK(presently_config_set_background_away_ms(config, 60000));
   OK(presently_config_set_reconnect_delays_ms(config, 100, 2000));
   OK(presently_config_set_transport(config, PRESENTLY_TRANSPORT_POLICY_AUTO));
+  CHECK(presently_config_set_fallback_after(config, 0) == PRESENTLY_RESULT_INVALID_ARGUMENT, "fallback after 0");
+  OK(presently_config_set_fallback_after(config, 2));
   OK(presently_config_set_dnd_schedule(config, schedule));
 
 
