@@ -336,6 +336,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                             target.http_urls.clone(),
                             core.resume_version(),
                             CLOSE_FLUSH_TIMEOUT,
+                            &shared,
                         ),
                         Box::new(SseParser::new(HARD_INBOUND_LIMIT)),
                     ),

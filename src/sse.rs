@@ -16,6 +16,9 @@ const CONNECTION_HEADER: &str = "Presently-Connection";
 const WRITE_QUEUE: usize = 256;
 /// Chunks of the event stream waiting for the driver.
 const READ_QUEUE: usize = 64;
+/// How long one message's request may take before the connection counts as lost (a request stuck on a dead
+/// socket would otherwise hold back every later message, pings included).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the connection's task reports to the driver.
 pub(crate) enum SseInput {
@@ -40,10 +43,14 @@ impl SseConnection {
         urls: HttpBindingUrls,
         last_event_id: Option<u64>,
         flush_timeout: Duration,
+        shared: &std::sync::Arc<crate::Shared>,
     ) -> Self {
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         let (report, inbound) = mpsc::channel(READ_QUEUE);
         let (closing_tx, closing) = oneshot::channel();
+        // `Client::close` waits for this task too, so that a `bye` is sent before it returns.
+        shared.open_writers.send_modify(|n| *n += 1);
+        let shared = shared.clone();
         tokio::spawn(async move {
             let outcome = run(
                 &http,
@@ -58,6 +65,7 @@ impl SseConnection {
             if let Err(reason) = outcome {
                 let _ = report.send(SseInput::Ended(reason)).await;
             }
+            shared.open_writers.send_modify(|n| *n -= 1);
         });
         SseConnection {
             frames,
@@ -183,13 +191,20 @@ async fn send_one(
     connection_id: String,
     frame: String,
 ) -> Result<(), String> {
-    let response = http
+    let request = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(CONNECTION_HEADER, connection_id)
         .body(frame)
-        .send()
+        .send();
+    let response = tokio::time::timeout(SEND_TIMEOUT, request)
         .await
+        .map_err(|_| {
+            format!(
+                "a message got no answer within {} s",
+                SEND_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| format!("sending over HTTP failed: {}", chain(&e)))?;
     match response.status() {
         status if status.is_success() => Ok(()),

@@ -1227,8 +1227,10 @@ impl Client {
             Link::Waiting { .. } => {
                 // The network changed: what blocked WebSocket may be gone.
                 if self.sse_fallback {
+                    // If WebSocket is still blocked, the next attempt goes back to HTTP at once.
                     self.sse_fallback = false;
                     self.failed_before_welcome = 0;
+                    self.returning_to_websocket = true;
                 }
                 self.start_attempt(now)
             }
@@ -1592,12 +1594,18 @@ impl Client {
     }
 
     /// Connected over the HTTP binding after a fallback, and the wait is over: move the session to WebSocket
-    /// with a resume (watchers see nothing). Without a resume grace the move would show, so it waits for the
+    /// with a resume (watchers see nothing). When the resume grace could run out while a WebSocket attempt
+    /// takes its connect timeout (a proxy that swallows the upgrade), the move would show, so it waits for the
     /// next reconnect instead.
     fn return_to_websocket(&mut self, now: Instant) {
         self.sse_fallback = false;
         self.failed_before_welcome = 0;
-        let Some(session) = self.session.as_ref().filter(|s| !s.resume_grace.is_zero()) else {
+        let connect_timeout = self.config.connect_timeout;
+        let Some(session) = self
+            .session
+            .as_ref()
+            .filter(|s| s.resume_grace > connect_timeout)
+        else {
             return;
         };
         self.resumable = Some((session.session_id.clone(), now + session.resume_grace));

@@ -66,6 +66,8 @@ pub struct SseParser {
     data: String,
     has_data: bool,
     event: String,
+    /// The `id` field last read; it becomes the stream's last event id when an event is dispatched.
+    id_buffer: Option<String>,
     last_event_id: Option<String>,
     items: std::collections::VecDeque<SseItem>,
 }
@@ -81,12 +83,14 @@ impl SseParser {
             data: String::new(),
             has_data: false,
             event: String::new(),
+            id_buffer: None,
             last_event_id: None,
             items: std::collections::VecDeque::new(),
         }
     }
 
-    /// The stream's last event id so far (what a reconnect sends as `Last-Event-ID`).
+    /// The id of the last event dispatched so far (what a reconnect sends as `Last-Event-ID`): an `id` line
+    /// counts only once its event is complete.
     pub fn last_event_id(&self) -> Option<&str> {
         self.last_event_id.as_deref()
     }
@@ -179,7 +183,7 @@ impl SseParser {
             }
             "event" => self.event = value.to_owned(),
             "id" if !value.contains('\0') => {
-                self.last_event_id = (!value.is_empty()).then(|| value.to_owned());
+                self.id_buffer = (!value.is_empty()).then(|| value.to_owned());
             }
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 if let Ok(ms) = value.parse() {
@@ -192,6 +196,7 @@ impl SseParser {
     }
 
     fn dispatch(&mut self) {
+        self.last_event_id = self.id_buffer.clone();
         let event = std::mem::take(&mut self.event);
         if !self.has_data {
             return;
@@ -305,6 +310,15 @@ mod tests {
             parse_chunks(&[b"\xEF", b"\xBB", b"\xBFid: 1\n\ndata: z\n\n"]),
             vec![event("z", Some("1"))]
         );
+    }
+
+    #[test]
+    fn an_id_counts_only_once_its_event_is_complete() {
+        let mut parser = SseParser::new(1024);
+        parser.feed(b"data: a\nid: 1\n\ndata: b\nid: 2\n").unwrap();
+        assert_eq!(parser.last_event_id(), Some("1"), "event 2 is not complete");
+        parser.feed(b"\n").unwrap();
+        assert_eq!(parser.last_event_id(), Some("2"));
     }
 
     #[test]

@@ -879,18 +879,34 @@ struct HttpConnection {
 }
 
 impl HttpConnection {
-    /// Sends what is queued (a `bye`) without waiting, and drops the event stream.
+    /// Sends what is queued (a `bye`), one request after the other, and drops the event stream. With a message
+    /// still on its way the stream is left for the server to end (it does after `bye`; dropped first, it would
+    /// end the connection before the `bye` arrives), and dropped after at most two seconds.
     fn shut(self) {
-        if let Some(id) = &self.id {
-            for frame in &self.queue {
-                let _ = fetch_with_init(
-                    &self.send_url,
-                    &post(frame, &[(CONNECTION_HEADER, id)], None),
-                );
-            }
-        }
-        if let Some(abort) = self.abort {
+        let HttpConnection {
+            send_url,
+            abort,
+            id,
+            queue,
+            sending,
+            ..
+        } = self;
+        let Some(abort) = abort else {
+            return;
+        };
+        if !sending && queue.is_empty() {
             abort.abort();
+            return;
+        }
+        gloo_timers::callback::Timeout::new(2_000, move || abort.abort()).forget();
+        if let Some(id) = id {
+            wasm_bindgen_futures::spawn_local(async move {
+                for frame in queue {
+                    let init = post(&frame, &[(CONNECTION_HEADER, &id)], None);
+                    let _ = wasm_bindgen_futures::JsFuture::from(fetch_with_init(&send_url, &init))
+                        .await;
+                }
+            });
         }
     }
 }
