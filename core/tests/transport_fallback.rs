@@ -232,6 +232,12 @@ fn a_network_change_while_waiting_tries_websocket_first() {
     h.client.reconnect_now(h.now);
     h.drain();
     assert_eq!(h.opened.last(), Some(&WebSocket));
+    // Still blocked: back to HTTP at once.
+    fail_attempt(&mut h, false);
+    let before = h.now;
+    wait_for_attempt(&mut h);
+    assert_eq!(h.now, before);
+    assert_eq!(h.opened.last(), Some(&Sse));
 }
 
 #[test]
