@@ -26,6 +26,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "../../tests/support/proxy.rs"]
+mod proxy;
+use proxy::FreezableProxy;
+
 const SECRET: &[u8] = b"browser end-to-end secret, 32 b";
 /// Short timings, so that "hidden for several TTLs" takes seconds.
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -556,72 +560,6 @@ async fn with_websocket_blocked_the_page_falls_back_to_sse_and_recovers_from_a_r
     bob.close().await;
     drop(browser);
     server.shutdown().await;
-}
-
-/// A TCP proxy whose existing connections can be frozen: bytes stop flowing both ways but nothing is closed, as
-/// on a link gone half-open. Connections made after a freeze flow normally.
-struct FreezableProxy {
-    addr: std::net::SocketAddr,
-    frozen_before: tokio::sync::watch::Sender<u64>,
-    next: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl FreezableProxy {
-    async fn start(target: std::net::SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let addr = listener.local_addr().expect("an address");
-        let (frozen_before, frozen) = tokio::sync::watch::channel(0u64);
-        let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
-        let counter = next.clone();
-        tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let id = counter.fetch_add(1, Ordering::SeqCst);
-                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
-                    continue;
-                };
-                let (ri, wi) = inbound.into_split();
-                let (ro, wo) = outbound.into_split();
-                tokio::spawn(pump(ri, wo, id, frozen.clone()));
-                tokio::spawn(pump(ro, wi, id, frozen.clone()));
-            }
-        });
-        FreezableProxy {
-            addr,
-            frozen_before,
-            next,
-        }
-    }
-
-    /// Freezes every connection open now.
-    fn freeze(&self) {
-        self.frozen_before
-            .send_replace(self.next.load(Ordering::SeqCst));
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    id: u64,
-    mut frozen_before: tokio::sync::watch::Receiver<u64>,
-) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        if id < *frozen_before.borrow() {
-            // Half-open: hold both sockets and move nothing, for ever.
-            let _keep = (from, to);
-            std::future::pending::<()>().await;
-            return;
-        }
-        tokio::select! {
-            read = from.read(&mut buf) => match read {
-                Ok(0) | Err(_) => { let _ = to.shutdown().await; return; }
-                Ok(n) => if to.write_all(&buf[..n]).await.is_err() { return },
-            },
-            _ = frozen_before.changed() => {}
-        }
-    }
 }
 
 /// TypeScript's version, pinned.
