@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
 use presently_core::protocol::{HttpBindingUrls, SUBPROTOCOL};
-use presently_core::sse::{SseItem, SseParser};
 use presently_core::{Event, Transport, TransportCommand};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -56,14 +55,14 @@ pub(crate) type HttpClientFactory = Arc<dyn Fn() -> Result<reqwest::Client, Stri
 /// An open connection on either transport.
 enum Conn {
     WebSocket(Connection),
-    Sse(SseConnection, Box<SseParser>),
+    Sse(SseConnection),
 }
 
 impl Conn {
     fn send(&self, frame: String) -> bool {
         match self {
             Conn::WebSocket(conn) => conn.send(frame),
-            Conn::Sse(conn, _) => conn.send(frame),
+            Conn::Sse(conn) => conn.send(frame),
         }
     }
 }
@@ -330,37 +329,17 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                 }
                 connection = Some(match opened {
                     Opened::WebSocket(ws) => Conn::WebSocket(Connection::start(*ws, &shared)),
-                    Opened::Sse(http) => Conn::Sse(
-                        SseConnection::start(
-                            http,
-                            target.http_urls.clone(),
-                            core.resume_version(),
-                            CLOSE_FLUSH_TIMEOUT,
-                            &shared,
-                        ),
-                        Box::new(SseParser::new(HARD_INBOUND_LIMIT)),
-                    ),
+                    Opened::Sse(http) => Conn::Sse(SseConnection::start(
+                        http,
+                        target.http_urls.clone(),
+                        core.resume_version(),
+                        CLOSE_FLUSH_TIMEOUT,
+                        &shared,
+                    )),
                 });
                 core.handle_transport_open(now);
             }
-            Input::Sse(Some(SseInput::Chunk(bytes))) => {
-                let Some(Conn::Sse(_, parser)) = connection.as_mut() else {
-                    continue;
-                };
-                let fed = parser.feed(&bytes);
-                while let Some(item) = parser.poll_item() {
-                    match item {
-                        SseItem::Event(event) if event.event == "message" => {
-                            core.handle_frame(&event.data, now)
-                        }
-                        _ => core.handle_inbound_activity(now),
-                    }
-                }
-                if let Err(e) = fed {
-                    connection = None;
-                    core.handle_transport_closed(&e.to_string(), now);
-                }
-            }
+            Input::Sse(Some(SseInput::Chunk(bytes))) => core.handle_stream_bytes(&bytes, now),
             Input::Sse(Some(SseInput::Ended(reason))) => {
                 connection = None;
                 core.handle_transport_closed(&reason, now);
@@ -423,7 +402,7 @@ async fn maybe(opening: Option<&mut Opening>) -> Result<(Opened, Option<String>)
 async fn connection_input(connection: Option<&mut Conn>) -> Input {
     let conn = match connection {
         Some(Conn::WebSocket(conn)) => conn,
-        Some(Conn::Sse(conn, _)) => return Input::Sse(conn.inbound.recv().await),
+        Some(Conn::Sse(conn)) => return Input::Sse(conn.inbound.recv().await),
         None => return std::future::pending().await,
     };
     let Some(writer_failed) = conn.writer_failed.as_mut() else {

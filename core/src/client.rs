@@ -12,9 +12,8 @@
 //!   [`Client::handle_transport_open`] and failure with [`Client::handle_transport_closed`]. On the HTTP binding
 //!   there is nothing to open before the first frame: report `handle_transport_open` as soon as the driver is
 //!   ready; the first frame [`Client::poll_transmit`] then returns (`hello`) is the body of the opening `POST`,
-//!   and a failed `POST`, or an answer that is not an event stream, is `handle_transport_closed`. Feed the stream
-//!   to an [`SseParser`](crate::sse::SseParser): each event's data is a frame for [`Client::handle_frame`], each
-//!   comment a sign of life for [`Client::handle_inbound_activity`].
+//!   and a failed `POST`, or an answer that is not an event stream, is `handle_transport_closed`. Pass the event
+//!   stream's bytes, as they arrive, to [`Client::handle_stream_bytes`].
 //! - On [`TransportCommand::Close`], send what [`Client::poll_transmit`] already returned, then close the
 //!   connection and report nothing more about it.
 //! - Report every inbound text frame with [`Client::handle_frame`], and any other inbound frame (binary, ping,
@@ -38,6 +37,7 @@ use crate::protocol::{
     MAX_FRAME_BYTES, MAX_SUBSCRIPTIONS_PER_SESSION, MAX_USERS_PER_REQUEST, PROTOCOL_VERSION,
     Presence, Privacy, Resume, ServerInfo, ServerMessage, Status, ValidationError,
 };
+use crate::sse::{SseItem, SseParser};
 use crate::time::Instant;
 
 /// The shortest heartbeat interval the client accepts from a server, in milliseconds; smaller announced
@@ -494,6 +494,8 @@ pub struct Client {
     transport: VecDeque<TransportCommand>,
     /// The transport of the current attempt or connection.
     transport_in_use: Transport,
+    /// The event stream's parser, on the HTTP binding (new for every attempt).
+    stream_parser: Option<SseParser>,
     /// Attempts in a row on `transport_in_use` that ended before `welcome`.
     failed_before_welcome: u32,
     /// On the HTTP binding because WebSocket kept failing (policy `Auto`).
@@ -567,6 +569,7 @@ impl Client {
             transmit: VecDeque::new(),
             transport: VecDeque::new(),
             transport_in_use: Transport::WebSocket,
+            stream_parser: None,
             failed_before_welcome: 0,
             sse_fallback: false,
             websocket_retries: 0,
@@ -1309,6 +1312,31 @@ impl Client {
         }
     }
 
+    /// Bytes of the HTTP binding's event stream, in chunks of any size (protocol section 11.3): each event is a
+    /// frame, each comment a sign of life. A stream that breaks the parser's size limit (4 × the frame limit) is
+    /// a lost connection. Ignored on other transports.
+    pub fn handle_stream_bytes(&mut self, chunk: &[u8], now: Instant) {
+        let Some(parser) = self.stream_parser.as_mut() else {
+            return;
+        };
+        let fed = parser.feed(chunk);
+        let mut items = Vec::new();
+        while let Some(item) = parser.poll_item() {
+            items.push(item);
+        }
+        for item in items {
+            match item {
+                SseItem::Event(event) if event.event == "message" => {
+                    self.handle_frame(&event.data, now)
+                }
+                _ => self.handle_inbound_activity(now),
+            }
+        }
+        if let Err(e) = fed {
+            self.handle_transport_closed(&e.to_string(), now);
+        }
+    }
+
     /// An inbound frame that is not text (binary, WebSocket ping or pong): ignored, but a sign of life.
     pub fn handle_inbound_activity(&mut self, now: Instant) {
         if matches!(self.link, Link::Handshaking { .. } | Link::Connected) {
@@ -1569,6 +1597,8 @@ impl Client {
         self.transport_in_use = transport;
         self.transport
             .push_back(TransportCommand::Open { transport });
+        self.stream_parser = (transport == Transport::Sse)
+            .then(|| SseParser::new(4 * self.config.max_inbound_frame_bytes));
         self.link = Link::Opening {
             deadline: now + self.config.connect_timeout,
         };

@@ -133,11 +133,12 @@ fn events(
             let event = match outbound.recv().await? {
                 ToClient::Text(frame) => {
                     let mut event = Event::default().data(frame.as_ref());
-                    if let Some(version) = greatest_version(&frame).filter(|v| *v > watermark) {
-                        watermark = version;
-                    }
-                    if carries_records(&frame) && watermark > 0 {
-                        event = event.id(watermark.to_string());
+                    if carries_records(&frame) {
+                        watermark =
+                            greatest_version(&frame).map_or(watermark, |v| v.max(watermark));
+                        if watermark > 0 {
+                            event = event.id(watermark.to_string());
+                        }
                     }
                     event
                 }
@@ -151,21 +152,17 @@ fn events(
 
 /// Whether a server frame is one of the messages whose events carry an id (protocol section 11.3).
 fn carries_records(frame: &str) -> bool {
-    [
-        "snapshot",
-        "presence",
-        "channel_snapshot",
-        "channel_members",
-    ]
-    .iter()
-    .any(|kind| frame.starts_with(&format!("{{\"type\":\"{kind}\"")))
+    const PREFIXES: [&str; 4] = [
+        r#"{"type":"snapshot""#,
+        r#"{"type":"presence""#,
+        r#"{"type":"channel_snapshot""#,
+        r#"{"type":"channel_members""#,
+    ];
+    PREFIXES.iter().any(|prefix| frame.starts_with(prefix))
 }
 
 /// The greatest record version in a frame that carries records.
 fn greatest_version(frame: &str) -> Option<u64> {
-    if !carries_records(frame) {
-        return None;
-    }
     let records = match ServerMessage::decode(frame, usize::MAX).ok()? {
         ServerMessage::Snapshot { users } => users,
         ServerMessage::Presence { user } => vec![user],
@@ -226,7 +223,7 @@ mod tests {
         assert_eq!(greatest_version(presence), Some(42));
         let snapshot = r#"{"type":"snapshot","users":[{"user_id":"a","availability":"online","version":7},{"user_id":"b","availability":"away","version":9}]}"#;
         assert_eq!(greatest_version(snapshot), Some(9));
-        assert_eq!(greatest_version(r#"{"type":"pong"}"#), None);
+        assert!(!carries_records(r#"{"type":"pong"}"#));
         assert!(!carries_records(
             r#"{"type":"query_result","ref":"q","users":[]}"#
         ));

@@ -875,7 +875,6 @@ struct HttpConnection {
     queue: std::collections::VecDeque<String>,
     /// A request with a frame is under way.
     sending: bool,
-    parser: core::sse::SseParser,
 }
 
 impl HttpConnection {
@@ -942,7 +941,6 @@ fn start_http(d: &mut Driver) {
         id: None,
         queue: std::collections::VecDeque::new(),
         sending: false,
-        parser: core::sse::SseParser::new(4 * core::protocol::MAX_FRAME_BYTES),
     });
     d.core.handle_transport_open(now());
 }
@@ -1051,22 +1049,10 @@ async fn read_stream(
             if d.generation != generation {
                 return "replaced".into();
             }
-            let d = &mut *d;
-            let Some(http) = d.http.as_mut() else {
+            if d.http.is_none() {
                 return "closed".into();
-            };
-            let fed = http.parser.feed(&bytes);
-            while let Some(item) = http.parser.poll_item() {
-                match item {
-                    core::sse::SseItem::Event(event) if event.event == "message" => {
-                        d.core.handle_frame(&event.data, now())
-                    }
-                    _ => d.core.handle_inbound_activity(now()),
-                }
             }
-            if let Err(e) = fed {
-                return e.to_string();
-            }
+            d.core.handle_stream_bytes(&bytes, now());
         }
         pump(shared);
     }
