@@ -154,20 +154,11 @@ async fn over_sse_a_half_open_link_is_detected_and_recovered() {
     })
     .await;
 
-    let mut states = alice.state_changes();
-    states.borrow_and_update();
+    let mut events = alice.events();
     let frozen_at = Instant::now();
     proxy.freeze();
-    loop {
-        tokio::time::timeout(PATIENCE, states.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        if let ConnectionState::Reconnecting { reason, .. } = states.borrow_and_update().clone() {
-            assert!(reason.contains("no frame from the server"), "{reason}");
-            break;
-        }
-    }
+    let reason = next_reconnecting_reason(&mut events).await;
+    assert!(reason.contains("no frame from the server"), "{reason}");
     let detected_after = frozen_at.elapsed();
     println!(
         "half-open SSE link detected after {detected_after:?} (interval + grace = {:?})",

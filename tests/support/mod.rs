@@ -92,3 +92,21 @@ pub async fn until(client: &Client, what: &str, ready: impl Fn(&Client) -> bool)
 pub fn is_connected(client: &Client) -> bool {
     matches!(client.state(), presently::ConnectionState::Connected { .. })
 }
+
+/// Waits for the client's next move to `Reconnecting` and returns its reason. Reads the event stream, which
+/// keeps every transition, rather than the state watch, which keeps only the latest: on a busy machine the
+/// client may already be connected again before the test looks.
+pub async fn next_reconnecting_reason(events: &mut presently::EventStream) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(presently::Event::StateChanged {
+                current: presently::ConnectionState::Reconnecting { reason, .. },
+                ..
+            })) => return reason,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("event stream ended while waiting for a reconnect"),
+            Err(_) => panic!("timed out waiting for the client to start reconnecting"),
+        }
+    }
+}
