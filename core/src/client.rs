@@ -482,7 +482,7 @@ pub struct Client {
     /// The channels the server has on this session (what was sent).
     server_channels: BTreeSet<String>,
     /// Known members of subscribed channels.
-    channel_members: BTreeMap<String, BTreeSet<String>>,
+    channel_members: ChannelMembers,
     /// Channels whose snapshot is arriving in parts: the members known before it, and those received so far.
     channel_parts: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
     subscriptions: BTreeSet<String>,
@@ -560,7 +560,7 @@ impl Client {
             message_expiry: None,
             channel_subscriptions: BTreeSet::new(),
             server_channels: BTreeSet::new(),
-            channel_members: BTreeMap::new(),
+            channel_members: ChannelMembers::default(),
             channel_parts: BTreeMap::new(),
             subscriptions: BTreeSet::new(),
             roster: BTreeMap::new(),
@@ -1084,7 +1084,7 @@ impl Client {
 
     /// Whether `user` is watched, directly or through a subscribed channel.
     fn watches(&self, user: &str) -> bool {
-        self.subscriptions.contains(user) || self.channel_members.values().any(|m| m.contains(user))
+        self.subscriptions.contains(user) || self.channel_members.lists(user)
     }
 
     /// Drops from the roster the users no longer watched for any reason.
@@ -1110,20 +1110,20 @@ impl Client {
             self.channel_parts
                 .insert(channel.clone(), (before, BTreeSet::new()));
         }
-        let Some((before, received)) = self.channel_parts.get_mut(&channel) else {
+        let Some((_, received)) = self.channel_parts.get_mut(&channel) else {
             return;
         };
         received.extend(members.iter().map(|m| m.user_id.clone()));
         if more {
-            // Watch this part's members already, so that their records are kept.
-            let watched: BTreeSet<String> = before.union(received).cloned().collect();
-            self.channel_members.insert(channel.clone(), watched);
+            // Watch this part's members already (beside those known before), so that their records are kept.
+            for member in &members {
+                self.channel_members.add(&channel, &member.user_id);
+            }
         } else {
             let (before, complete) = self.channel_parts.remove(&channel).unwrap_or_default();
-            self.channel_members
-                .insert(channel.clone(), complete.clone());
             let joined: Vec<String> = complete.difference(&before).cloned().collect();
             let left: Vec<String> = before.difference(&complete).cloned().collect();
+            self.channel_members.replace(&channel, complete);
             self.forget_unwatched(left.clone());
             if !joined.is_empty() || !left.is_empty() {
                 self.events.push_back(Event::ChannelMembersChanged {
@@ -1165,13 +1165,15 @@ impl Client {
             self.drop_channel(&channel);
             return;
         }
-        let Some(members) = self.channel_members.get_mut(&channel) else {
+        if self.channel_members.get(&channel).is_none() {
             self.stats.unexpected_messages += 1;
             return;
-        };
-        members.extend(joined.iter().map(|r| r.user_id.clone()));
+        }
+        for record in &joined {
+            self.channel_members.add(&channel, &record.user_id);
+        }
         for user in &left {
-            members.remove(user);
+            self.channel_members.remove_member(&channel, user);
         }
         let joined_ids: Vec<String> = joined.iter().map(|r| r.user_id.clone()).collect();
         for record in joined {
@@ -2015,43 +2017,120 @@ impl Client {
 
     fn apply_record(&mut self, record: Presence) {
         self.max_version_seen = self.max_version_seen.max(record.version);
+        let epoch = self.epoch;
+        // The roster holds only watched users (they leave it when no longer watched), so a held record needs no
+        // other check: one lookup per update.
+        if let Some(entry) = self.roster.get_mut(&record.user_id) {
+            if entry.epoch == epoch && record.version <= entry.presence.version {
+                self.stats.stale_updates += 1;
+                return;
+            }
+            // Same session and newer, or the first record of a new session (which replaces what was held).
+            entry.epoch = epoch;
+            if entry.presence.same_content(&record) {
+                entry.presence.version = record.version;
+            } else {
+                let previous = std::mem::replace(&mut entry.presence, record.clone());
+                self.events.push_back(Event::PresenceChanged {
+                    user_id: record.user_id.clone(),
+                    previous: Some(previous),
+                    current: record,
+                });
+            }
+            return;
+        }
         if !self.watches(&record.user_id) {
             // An answer to a subscription the application has since dropped.
             self.stats.unexpected_messages += 1;
             return;
         }
-        let epoch = self.epoch;
-        match self.roster.get_mut(&record.user_id) {
-            Some(entry) if entry.epoch == epoch && record.version <= entry.presence.version => {
-                self.stats.stale_updates += 1;
-            }
-            Some(entry) => {
-                // Same session and newer, or the first record of a new session (which replaces what was held).
-                entry.epoch = epoch;
-                if entry.presence.same_content(&record) {
-                    entry.presence.version = record.version;
-                } else {
-                    let previous = std::mem::replace(&mut entry.presence, record.clone());
-                    self.events.push_back(Event::PresenceChanged {
-                        user_id: record.user_id.clone(),
-                        previous: Some(previous),
-                        current: record,
-                    });
-                }
+        self.roster.insert(
+            record.user_id.clone(),
+            RosterEntry {
+                presence: record.clone(),
+                epoch,
+            },
+        );
+        self.events.push_back(Event::PresenceChanged {
+            user_id: record.user_id.clone(),
+            previous: None,
+            current: record,
+        });
+    }
+}
+
+/// The known members of each subscribed channel, and for each member the channels that list them, so that "is
+/// this user watched through a channel" costs one lookup however many channels there are. (Both maps have the
+/// same type, which keeps the browser package small.)
+#[derive(Debug, Default)]
+struct ChannelMembers {
+    by_channel: BTreeMap<String, BTreeSet<String>>,
+    /// For every user listed by at least one channel, the channels that list them.
+    by_user: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl ChannelMembers {
+    fn get(&self, channel: &str) -> Option<&BTreeSet<String>> {
+        self.by_channel.get(channel)
+    }
+
+    /// Whether any channel lists `user`.
+    fn lists(&self, user: &str) -> bool {
+        self.by_user.contains_key(user)
+    }
+
+    /// Adds `user` to `channel`'s members (creating the channel's entry).
+    fn add(&mut self, channel: &str, user: &str) {
+        Self::link(&mut self.by_channel, channel, user);
+        Self::link(&mut self.by_user, user, channel);
+    }
+
+    /// Removes `user` from `channel`'s members.
+    fn remove_member(&mut self, channel: &str, user: &str) {
+        Self::unlink(&mut self.by_channel, channel, user, false);
+        Self::unlink(&mut self.by_user, user, channel, true);
+    }
+
+    /// Replaces `channel`'s members.
+    fn replace(&mut self, channel: &str, members: BTreeSet<String>) {
+        self.remove(channel);
+        for user in &members {
+            Self::link(&mut self.by_user, user, channel);
+        }
+        self.by_channel.insert(channel.to_owned(), members);
+    }
+
+    /// Forgets `channel`, returning its members.
+    fn remove(&mut self, channel: &str) -> Option<BTreeSet<String>> {
+        let members = self.by_channel.remove(channel)?;
+        for user in &members {
+            Self::unlink(&mut self.by_user, user, channel, true);
+        }
+        Some(members)
+    }
+
+    fn link(map: &mut BTreeMap<String, BTreeSet<String>>, key: &str, value: &str) {
+        match map.get_mut(key) {
+            Some(set) => {
+                set.insert(value.to_owned());
             }
             None => {
-                self.roster.insert(
-                    record.user_id.clone(),
-                    RosterEntry {
-                        presence: record.clone(),
-                        epoch,
-                    },
-                );
-                self.events.push_back(Event::PresenceChanged {
-                    user_id: record.user_id.clone(),
-                    previous: None,
-                    current: record,
-                });
+                map.insert(key.to_owned(), BTreeSet::from([value.to_owned()]));
+            }
+        }
+    }
+
+    /// Removes `value` from `key`'s set, and the key with its last value if `drop_empty`.
+    fn unlink(
+        map: &mut BTreeMap<String, BTreeSet<String>>,
+        key: &str,
+        value: &str,
+        drop_empty: bool,
+    ) {
+        if let Some(set) = map.get_mut(key) {
+            set.remove(value);
+            if drop_empty && set.is_empty() {
+                map.remove(key);
             }
         }
     }
