@@ -46,7 +46,7 @@ fn connected_client() -> Client {
 
 fn record(user: usize, version: u64) -> Presence {
     let mut presence = Presence::unknown(format!("user-{user:05}"));
-    presence.availability = if version % 2 == 0 {
+    presence.availability = if version.is_multiple_of(2) {
         Availability::Busy
     } else {
         Availability::Online
