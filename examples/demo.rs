@@ -345,7 +345,7 @@ async fn main() {
                 "1.0",
                 platform,
             ));
-        // Shortened for the demo: the defaults are 500 ms, 30 s, stable after 30 s.
+        // Shortened for the demo: the defaults are 2 s, 30 s, stable after 30 s.
         builder = builder.reconnect_policy(ReconnectPolicy {
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(5),

@@ -28,7 +28,7 @@ enum Opened {
     Sse(reqwest::Client),
 }
 /// A connection attempt: what it opened and, with a token provider, the fresh token for its `hello`.
-type Opening = Pin<Box<dyn Future<Output = Result<(Opened, Option<String>), String>> + Send>>;
+type Opening = Pin<Box<dyn Future<Output = Result<(Opened, Option<String>), Failure>> + Send>>;
 
 /// Frames waiting for the socket before the connection is considered stuck.
 const WRITE_QUEUE: usize = 256;
@@ -201,24 +201,58 @@ fn open(target: &Target, transport: Transport) -> Opening {
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok());
         if selected != Some(SUBPROTOCOL) {
-            return Err(format!(
+            return Err(Failure::reached(format!(
                 "the server did not select the {SUBPROTOCOL} subprotocol"
-            ));
+            )));
         }
-        Ok((Opened::WebSocket(Box::new(ws)), token))
+        Ok::<_, Failure>((Opened::WebSocket(Box::new(ws)), token))
     })
 }
 
-fn describe(e: tungstenite::Error) -> String {
-    match e {
-        tungstenite::Error::Io(io) => format!("cannot reach the server: {io}"),
-        tungstenite::Error::Http(response) => {
-            format!(
-                "the server answered HTTP {} instead of a WebSocket",
-                response.status()
-            )
+/// Why a transport failed, and whether it ever reached the server (see `Client::handle_transport_unreachable`).
+pub(crate) struct Failure {
+    /// For people.
+    pub(crate) reason: String,
+    /// The server was never reached: refused, no route, network down.
+    pub(crate) unreachable: bool,
+}
+
+impl Failure {
+    /// A failure after the server was reached (or that cannot be told apart).
+    pub(crate) fn reached(reason: impl Into<String>) -> Self {
+        Failure {
+            reason: reason.into(),
+            unreachable: false,
         }
-        other => other.to_string(),
+    }
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Self {
+        Failure::reached(reason)
+    }
+}
+
+/// Whether an I/O error means nothing answered at the server's address.
+pub(crate) fn is_unreachable(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        ConnectionRefused | HostUnreachable | NetworkUnreachable | NetworkDown | AddrNotAvailable
+    )
+}
+
+fn describe(e: tungstenite::Error) -> Failure {
+    match e {
+        tungstenite::Error::Io(io) => Failure {
+            reason: format!("cannot reach the server: {io}"),
+            unreachable: is_unreachable(&io),
+        },
+        tungstenite::Error::Http(response) => Failure::reached(format!(
+            "the server answered HTTP {} instead of a WebSocket",
+            response.status()
+        )),
+        other => Failure::reached(other.to_string()),
     }
 }
 
@@ -226,7 +260,7 @@ fn describe(e: tungstenite::Error) -> String {
 enum Input {
     Wake,
     Timeout,
-    Opened(Result<(Opened, Option<String>), String>),
+    Opened(Result<(Opened, Option<String>), Failure>),
     Inbound(Option<Result<Message, tungstenite::Error>>),
     Sse(Option<SseInput>),
     WriterFailed(String),
@@ -283,7 +317,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                         if let Event::StateChanged { current, .. } = &event {
                             shared.state.send_replace(current.clone());
                         }
-                        let _ = shared.events.send(event);
+                        let _ = shared.events.send(Arc::new(event));
                     }
                 }
             }
@@ -340,17 +374,25 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                 core.handle_transport_open(now);
             }
             Input::Sse(Some(SseInput::Chunk(bytes))) => core.handle_stream_bytes(&bytes, now),
-            Input::Sse(Some(SseInput::Ended(reason))) => {
+            Input::Sse(Some(SseInput::Ended(failure))) => {
                 connection = None;
-                core.handle_transport_closed(&reason, now);
+                if failure.unreachable {
+                    core.handle_transport_unreachable(&failure.reason, now);
+                } else {
+                    core.handle_transport_closed(&failure.reason, now);
+                }
             }
             Input::Sse(None) => {
                 connection = None;
                 core.handle_transport_closed("the HTTP connection ended", now);
             }
-            Input::Opened(Err(reason)) => {
+            Input::Opened(Err(failure)) => {
                 opening = None;
-                core.handle_transport_closed(&reason, now);
+                if failure.unreachable {
+                    core.handle_transport_unreachable(&failure.reason, now);
+                } else {
+                    core.handle_transport_closed(&failure.reason, now);
+                }
             }
             Input::Inbound(Some(Ok(Message::Text(text)))) => core.handle_frame(text.as_str(), now),
             Input::Inbound(Some(Ok(Message::Close(frame)))) => {
@@ -391,7 +433,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn maybe(opening: Option<&mut Opening>) -> Result<(Opened, Option<String>), String> {
+async fn maybe(opening: Option<&mut Opening>) -> Result<(Opened, Option<String>), Failure> {
     match opening {
         Some(future) => future.await,
         None => std::future::pending().await,

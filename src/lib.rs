@@ -171,7 +171,9 @@ pub(crate) struct Shared {
     wall_clock: WallClock,
     /// Wakes the driver after a command changed the core.
     wake: Notify,
-    events: broadcast::Sender<Event>,
+    /// Events, shared by every stream (each slot of the channel holds a pointer, not an event: a client keeps
+    /// `event_capacity` slots).
+    events: broadcast::Sender<Arc<Event>>,
     state: watch::Sender<ConnectionState>,
     /// How many connections still have a writer flushing; `close()` waits for 0.
     open_writers: watch::Sender<usize>,
@@ -315,7 +317,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Delays between connection attempts (default: 500 ms base, 30 s cap, reset after 30 s up).
+    /// Delays between connection attempts (default: 2 s base, 30 s cap, reset after 30 s up).
     pub fn reconnect_policy(mut self, policy: ReconnectPolicy) -> Self {
         self.config.reconnect = policy;
         self
@@ -558,7 +560,8 @@ impl Client {
         if let ConnectionState::Connected { .. } = state {
             return Ok(());
         }
-        // With the automatic policy, a failure counts only once the HTTP binding has been tried too.
+        // With the automatic policy, a failure counts only once the HTTP binding has been tried too, or when
+        // nothing answered at the server's address (which HTTP would not change).
         let mut tried_http = policy != TransportPolicy::Auto;
         loop {
             if states.changed().await.is_err() {
@@ -570,7 +573,9 @@ impl Client {
                 ConnectionState::Failed { code, message } => {
                     return Err(Error::Rejected { code, message });
                 }
-                ConnectionState::Reconnecting { reason, .. } if tried_http => {
+                ConnectionState::Reconnecting { reason, .. }
+                    if tried_http || self.shared().lock().core.last_loss_unreachable() =>
+                {
                     return Err(Error::Unreachable { reason });
                 }
                 ConnectionState::Connecting {
@@ -847,7 +852,7 @@ impl Client {
 /// A stream of [`Event`]s from [`Client::events`]. A reader that falls more than the event capacity behind
 /// receives [`Event::Lagged`] and then continues with the newest events.
 pub struct EventStream {
-    inner: tokio_stream::wrappers::BroadcastStream<Event>,
+    inner: tokio_stream::wrappers::BroadcastStream<Arc<Event>>,
 }
 
 impl Stream for EventStream {
@@ -856,7 +861,7 @@ impl Stream for EventStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Event>> {
         use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
         match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(event))) => Poll::Ready(Some(event)),
+            Poll::Ready(Some(Ok(event))) => Poll::Ready(Some(Arc::unwrap_or_clone(event))),
             Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
                 Poll::Ready(Some(Event::Lagged { missed }))
             }

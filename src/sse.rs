@@ -2,6 +2,7 @@
 //! `hello`, its event stream read in chunks, and every later frame sent as its own `POST`, one at a time so that
 //! they keep their order. Like the WebSocket connection it decides nothing: the core parses and judges.
 
+use crate::driver::{Failure, is_unreachable};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -24,8 +25,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum SseInput {
     /// A chunk of the event stream.
     Chunk(bytes::Bytes),
-    /// The connection ended (the stream ended or failed, a request failed); for people.
-    Ended(String),
+    /// The connection ended (the stream ended or failed, a request failed).
+    Ended(Failure),
 }
 
 /// An open HTTP-binding connection, seen from the driver.
@@ -62,8 +63,8 @@ impl SseConnection {
                 flush_timeout,
             )
             .await;
-            if let Err(reason) = outcome {
-                let _ = report.send(SseInput::Ended(reason)).await;
+            if let Err(failure) = outcome {
+                let _ = report.send(SseInput::Ended(failure)).await;
             }
             shared.open_writers.send_modify(|n| *n -= 1);
         });
@@ -90,7 +91,7 @@ async fn run(
     report: &mpsc::Sender<SseInput>,
     mut closing: oneshot::Receiver<()>,
     flush_timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let hello = tokio::select! {
         biased;
         _ = &mut closing => return Ok(()),
@@ -110,7 +111,10 @@ async fn run(
     let response = tokio::select! {
         biased;
         _ = &mut closing => return Ok(()),
-        response = request.send() => response.map_err(|e| format!("cannot reach the server over HTTP: {}", chain(&e)))?,
+        response = request.send() => response.map_err(|e| Failure {
+            reason: format!("cannot reach the server over HTTP: {}", chain(&e)),
+            unreachable: e.is_connect() && io_cause(&e).is_some_and(is_unreachable),
+        })?,
     };
     let status = response.status();
     let is_stream = response
@@ -119,9 +123,9 @@ async fn run(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if status != reqwest::StatusCode::OK || !is_stream {
-        return Err(format!(
+        return Err(Failure::reached(format!(
             "the server answered HTTP {status} instead of an event stream"
-        ));
+        )));
     }
     let connection_id = response
         .headers()
@@ -170,8 +174,8 @@ async fn run(
                         return Ok(());
                     }
                 }
-                Some(Err(e)) => return Err(format!("the event stream failed: {e}")),
-                None => return Err("the server ended the event stream".to_owned()),
+                Some(Err(e)) => return Err(Failure::reached(format!("the event stream failed: {e}"))),
+                None => return Err(Failure::reached("the server ended the event stream")),
             },
         }
     }
@@ -214,6 +218,18 @@ async fn send_one(
 }
 
 /// An error with its causes (reqwest's own message leaves out why a request failed, e.g. the certificate).
+/// The I/O error at the root of `error`, if there is one.
+fn io_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        source = cause.source();
+    }
+    None
+}
+
 fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

@@ -400,7 +400,7 @@ pub struct PresenceConfig {
     /// Away this long after `app_backgrounded`; 0 leaves the status alone. Default 60000.
     #[uniffi(default = None)]
     pub background_away_ms: Option<u64>,
-    /// The first reconnect delay's ceiling (full jitter, doubling per failure). Default 500.
+    /// The first reconnect delay's ceiling (full jitter, doubling per failure). Default 2000.
     #[uniffi(default = None)]
     pub reconnect_base_delay_ms: Option<u64>,
     /// The largest reconnect delay's ceiling. Default 30000.

@@ -12,7 +12,7 @@ use rand::Rng;
 /// for `stable_after`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReconnectPolicy {
-    /// The ceiling of the first delay. Default 500 ms.
+    /// The ceiling of the first delay. Default 2 s.
     pub base_delay: Duration,
     /// The largest ceiling any delay can have. Default 30 s.
     pub max_delay: Duration,
@@ -23,7 +23,7 @@ pub struct ReconnectPolicy {
 impl Default for ReconnectPolicy {
     fn default() -> Self {
         ReconnectPolicy {
-            base_delay: Duration::from_millis(500),
+            base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(30),
             stable_after: Duration::from_secs(30),
         }
@@ -64,12 +64,12 @@ mod tests {
                 ms(1),
                 ms(2),
                 ms(3),
-                ms(7),
-                ms(8),
+                ms(4),
+                ms(5),
                 ms(60),
                 ms(u32::MAX)
             ],
-            [500, 500, 1000, 2000, 30_000, 30_000, 30_000, 30_000]
+            [2_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]
         );
     }
 

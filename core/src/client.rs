@@ -498,6 +498,10 @@ pub struct Client {
     stream_parser: Option<SseParser>,
     /// Attempts in a row on `transport_in_use` that ended before `welcome`.
     failed_before_welcome: u32,
+    /// The loss being handled never reached the server (see [`Client::handle_transport_unreachable`]).
+    server_unreachable: bool,
+    /// The last connection loss never reached the server.
+    last_loss_unreachable: bool,
     /// On the HTTP binding because WebSocket kept failing (policy `Auto`).
     sse_fallback: bool,
     /// Failed tries to return to WebSocket since the fallback.
@@ -571,6 +575,8 @@ impl Client {
             transport_in_use: Transport::WebSocket,
             stream_parser: None,
             failed_before_welcome: 0,
+            server_unreachable: false,
+            last_loss_unreachable: false,
             sse_fallback: false,
             websocket_retries: 0,
             websocket_retry_at: None,
@@ -1293,6 +1299,26 @@ impl Client {
         }
     }
 
+    /// The transport could not reach the server at all: the connection was refused, there is no route to the
+    /// host, or the network is down. Like [`Client::handle_transport_closed`], except that it does not count
+    /// toward switching to the other transport: the server or the network is down, not this transport blocked
+    /// (protocol section 11.7). Drivers that cannot tell (browsers) report every failure as closed.
+    pub fn handle_transport_unreachable(&mut self, reason: &str, now: Instant) {
+        if matches!(
+            self.link,
+            Link::Opening { .. } | Link::Handshaking { .. } | Link::Connected
+        ) {
+            self.server_unreachable = true;
+            self.connection_lost(reason.to_owned(), Duration::ZERO, now);
+        }
+    }
+
+    /// Whether the last lost connection or failed attempt never reached the server (reported with
+    /// [`Client::handle_transport_unreachable`]): the server or the network is down.
+    pub fn last_loss_unreachable(&self) -> bool {
+        self.last_loss_unreachable
+    }
+
     /// An inbound text frame.
     pub fn handle_frame(&mut self, text: &str, now: Instant) {
         if !matches!(self.link, Link::Handshaking { .. } | Link::Connected) {
@@ -1650,7 +1676,7 @@ impl Client {
 
     /// Which transport the attempt after this loss uses (policy `Auto`), and whether it starts at once because
     /// only the transport changed.
-    fn choose_transport_after_loss(&mut self, before_welcome: bool) -> bool {
+    fn choose_transport_after_loss(&mut self, before_welcome: bool, unreachable: bool) -> bool {
         if self.config.transport != TransportPolicy::Auto {
             return false;
         }
@@ -1664,6 +1690,10 @@ impl Client {
             self.websocket_retries = self.websocket_retries.saturating_add(1);
             self.failed_before_welcome = 0;
             return true;
+        }
+        if unreachable {
+            // The server is down or the network is: the other transport would fare no better.
+            return false;
         }
         self.failed_before_welcome += 1;
         if self.failed_before_welcome < self.config.fallback_after.max(1) {
@@ -1706,7 +1736,9 @@ impl Client {
     /// The connection or attempt ended; wait `extra_delay` plus a jittered backoff delay, then retry.
     fn connection_lost(&mut self, reason: String, extra_delay: Duration, now: Instant) {
         let before_welcome = matches!(self.link, Link::Opening { .. } | Link::Handshaking { .. });
-        let switch_at_once = self.choose_transport_after_loss(before_welcome);
+        let unreachable = std::mem::take(&mut self.server_unreachable);
+        self.last_loss_unreachable = unreachable;
+        let switch_at_once = self.choose_transport_after_loss(before_welcome, unreachable);
         if self.link == Link::Connected {
             let stable = self.session.as_ref().is_some_and(|s| {
                 now.saturating_duration_since(s.connected_at) >= self.config.reconnect.stable_after

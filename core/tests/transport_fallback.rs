@@ -306,3 +306,33 @@ fn without_a_resume_grace_the_move_waits_for_the_next_reconnect() {
         "the next reconnect tries WebSocket"
     );
 }
+
+#[test]
+fn a_server_that_cannot_be_reached_is_not_a_blocked_websocket() {
+    // A server restart: every attempt is refused for a while. That is no reason to leave WebSocket.
+    let mut h = Harness::connected();
+    h.client.handle_transport_closed("connection reset", h.now);
+    h.drain();
+    for _ in 0..6 {
+        wait_for_attempt(&mut h);
+        h.client
+            .handle_transport_unreachable("connection refused", h.now);
+        h.drain();
+        assert!(matches!(
+            h.client.state(),
+            ConnectionState::Reconnecting { .. }
+        ));
+    }
+    assert!(h.opened.iter().all(|t| *t == WebSocket), "{:?}", h.opened);
+    // Once the server is back the client is on WebSocket, and a refusal in between does not reset the count of
+    // real failures: two handshakes refused by a proxy still switch.
+    wait_for_attempt(&mut h);
+    fail_attempt(&mut h, true);
+    wait_for_attempt(&mut h);
+    h.client.handle_transport_unreachable("connection refused", h.now);
+    h.drain();
+    wait_for_attempt(&mut h);
+    fail_attempt(&mut h, true);
+    wait_for_attempt(&mut h);
+    assert_eq!(h.opened.last(), Some(&Sse), "{:?}", h.opened);
+}

@@ -240,7 +240,7 @@ pub unsafe extern "C" fn presently_config_set_background_away_ms(
 }
 
 /// Waits between connection attempts with full jitter: up to `base_delay_ms` after the first failure, doubling
-/// with each further failure up to `max_delay_ms`. Defaults 500 and 30000. `base_delay_ms` must be at least 1
+/// with each further failure up to `max_delay_ms`. Defaults 2000 and 30000. `base_delay_ms` must be at least 1
 /// and at most `max_delay_ms`. One thread at a time per config; never blocks.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn presently_config_set_reconnect_delays_ms(

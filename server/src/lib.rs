@@ -40,6 +40,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{AuthError, TokenAuthority};
+
+/// The length of the listening socket's accept queue.
+const LISTEN_BACKLOG: u32 = 4_096;
 pub use hub::ServerStats;
 pub use sse::{CONNECTION_HEADER, SSE_PATH, SSE_SEND_PATH};
 
@@ -197,7 +200,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     // Restarting on the same port right after a stop must work (connections may linger in TIME_WAIT).
     socket.set_reuseaddr(true).map_err(bind_error)?;
     socket.bind(listen).map_err(bind_error)?;
-    let listener = socket.listen(1_024).map_err(bind_error)?;
+    // A deep accept queue: after a restart every client of the node comes back within seconds, and a full queue
+    // drops their SYNs, which the kernel retries only after 1, 3, 7... seconds (the kernel caps it at somaxconn).
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
 
     let max_frame_bytes = config.max_frame_bytes;
@@ -249,6 +254,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         }
     };
     let serve = tokio::spawn(async move {
+        // Presence frames are small and latency matters: no Nagle delay on any connection.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            let _ = stream.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await

@@ -113,7 +113,7 @@ export interface PresenceClientOptions {
   idleWarningMs?: number;
   /** Away this long after the tab is hidden; 0 never. Default 60000. */
   backgroundAwayMs?: number;
-  /** Reconnect delays: full jitter, doubling from the base to the max. Defaults 500 and 30000. */
+  /** Reconnect delays: full jitter, doubling from the base to the max. Defaults 2000 and 30000. */
   reconnectBaseDelayMs?: number;
   reconnectMaxDelayMs?: number;
   /** Quiet hours from the start. */

@@ -153,8 +153,14 @@ impl Harness {
         h
     }
 
-    /// Waits out a reconnect delay, opens the transport and completes the handshake.
+    /// Waits out a reconnect delay (unless an attempt is already under way), opens the transport and completes
+    /// the handshake.
     pub fn reconnect(&mut self) {
+        if matches!(self.client.state(), ConnectionState::Connecting { .. }) {
+            self.open_transport();
+            self.welcome();
+            return;
+        }
         let retry_at = match self.client.state() {
             ConnectionState::Reconnecting { retry_at, .. } => *retry_at,
             other => panic!("not reconnecting: {other:?}"),
