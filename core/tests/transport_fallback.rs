@@ -329,7 +329,8 @@ fn a_server_that_cannot_be_reached_is_not_a_blocked_websocket() {
     wait_for_attempt(&mut h);
     fail_attempt(&mut h, true);
     wait_for_attempt(&mut h);
-    h.client.handle_transport_unreachable("connection refused", h.now);
+    h.client
+        .handle_transport_unreachable("connection refused", h.now);
     h.drain();
     wait_for_attempt(&mut h);
     fail_attempt(&mut h, true);

@@ -255,9 +255,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     };
     let serve = tokio::spawn(async move {
         // Presence frames are small and latency matters: no Nagle delay on any connection.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
-            let _ = stream.set_nodelay(true);
-        });
+        let listener =
+            axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+                let _ = stream.set_nodelay(true);
+            });
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await

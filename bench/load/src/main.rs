@@ -146,7 +146,9 @@ impl ServerProcess {
 
     /// Resident memory of the server process, in bytes.
     fn rss(&self) -> u64 {
-        self.child.id().map_or(0, |pid| rss_of(&format!("/proc/{pid}/status")))
+        self.child
+            .id()
+            .map_or(0, |pid| rss_of(&format!("/proc/{pid}/status")))
     }
 
     /// Kills the server at once (SIGKILL: no goodbye to anyone).
@@ -524,7 +526,11 @@ async fn storm(count: usize, down_ms: u64) -> Result<serde_json::Value> {
                     ConnectionState::Connected { .. } => &arrivals,
                     ConnectionState::Reconnecting { reason, .. } => {
                         // Reasons name addresses and ports: keep the words before them.
-                        let kind: String = reason.split(|c: char| c.is_ascii_digit()).next().unwrap_or("").to_owned();
+                        let kind: String = reason
+                            .split(|c: char| c.is_ascii_digit())
+                            .next()
+                            .unwrap_or("")
+                            .to_owned();
                         if let Ok(mut reasons) = reasons.lock() {
                             *reasons.entry(kind).or_insert(0) += 1;
                         }
@@ -558,9 +564,17 @@ async fn storm(count: usize, down_ms: u64) -> Result<serde_json::Value> {
     let attempts = attempts.lock().map_err(|_| "poisoned")?.clone();
     let arrivals = arrivals.lock().map_err(|_| "poisoned")?.clone();
 
-    let after_kill = |log: &Vec<u64>| log.iter().copied().filter(|t| *t >= killed_at).collect::<Vec<_>>();
+    let after_kill = |log: &Vec<u64>| {
+        log.iter()
+            .copied()
+            .filter(|t| *t >= killed_at)
+            .collect::<Vec<_>>()
+    };
     let all_attempts: Vec<u64> = attempts.iter().flat_map(after_kill).collect();
-    let first_attempts: Vec<u64> = attempts.iter().filter_map(|log| after_kill(log).first().copied()).collect();
+    let first_attempts: Vec<u64> = attempts
+        .iter()
+        .filter_map(|log| after_kill(log).first().copied())
+        .collect();
     let mut back: Vec<u64> = arrivals
         .iter()
         .filter_map(|log| after_kill(log).last().map(|t| t - killed_at))
@@ -578,7 +592,11 @@ async fn storm(count: usize, down_ms: u64) -> Result<serde_json::Value> {
             }
             best = best.max(end - start);
         }
-        if sorted.is_empty() { 0.0 } else { best as f64 / sorted.len() as f64 }
+        if sorted.is_empty() {
+            0.0
+        } else {
+            best as f64 / sorted.len() as f64
+        }
     };
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
     let report = json!({
