@@ -179,6 +179,8 @@ fn open(target: &Target, transport: Transport) -> Opening {
             HeaderValue::from_static(SUBPROTOCOL),
         );
         let config = WebSocketConfig::default()
+            // Presence frames are small: start with 8 KiB (it grows for a larger frame) rather than 128 KiB.
+            .read_buffer_size(8 * 1024)
             .max_message_size(Some(HARD_INBOUND_LIMIT))
             .max_frame_size(Some(HARD_INBOUND_LIMIT));
         #[cfg(feature = "rustls")]

@@ -41,6 +41,9 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::{AuthError, TokenAuthority};
 
+/// The read buffer each WebSocket connection starts with, in bytes (it grows for larger frames).
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 /// The length of the listening socket's accept queue.
 const LISTEN_BACKLOG: u32 = 4_096;
 pub use hub::ServerStats;
@@ -275,6 +278,9 @@ async fn upgrade(State(ctx): State<Arc<Context>>, ws: WebSocketUpgrade) -> Respo
     // drops the connection without reading them whole.
     let hard_limit = ctx.config.max_frame_bytes.saturating_mul(4);
     ws.protocols([SUBPROTOCOL])
+        // Presence frames are small: an 8 KiB read buffer that grows for a larger frame, instead of 128 KiB
+        // reserved for every connection.
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
