@@ -31,6 +31,10 @@ const SECRET: &[u8] = b"presently load harness secret, 32";
 #[derive(Parser)]
 #[command(about = "Load harnesses for Presently (each prints one line of JSON)")]
 struct Cli {
+    /// Threads that run the harness's clients. One by default, like the Node peer's load generator, so that
+    /// on a small machine the two load generators take the same share of the cores the servers also need.
+    #[arg(long, global = true, default_value_t = 1)]
+    client_threads: usize,
     #[command(subcommand)]
     command: Harness,
 }
@@ -71,11 +75,19 @@ enum Harness {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("bench-main")
-        .build()
-        .expect("tokio runtime");
+    let runtime = if cli.client_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("bench-main")
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.client_threads)
+            .enable_all()
+            .thread_name("bench-main")
+            .build()
+    }
+    .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Harness::Fanout {
@@ -308,7 +320,7 @@ async fn fanout(count: usize, watch: usize, rate: u64, duration: u64) -> Result<
         let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
         while sent < due {
             let who = rng.random_range(0..count);
-            let availability = if sent % 2 == 0 {
+            let availability = if sent.is_multiple_of(2) {
                 Availability::Busy
             } else {
                 Availability::Away
@@ -407,7 +419,8 @@ async fn pump(
     let _ = to.shutdown().await;
 }
 
-/// Context switches (voluntary + involuntary) so far of every thread of this process named `name`, by thread id.
+/// Voluntary context switches so far of every thread of this process named `name`, by thread id: each is the
+/// thread going to sleep, to be woken later (involuntary switches are preemptions by other work, not wakeups).
 fn switches_of_threads(name: &str) -> Vec<(String, u64)> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
@@ -422,7 +435,7 @@ fn switches_of_threads(name: &str) -> Vec<(String, u64)> {
             }
             let switches: u64 = status
                 .lines()
-                .filter(|l| l.contains("ctxt_switches:"))
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:"))
                 .filter_map(|l| l.split(':').nth(1)?.trim().parse::<u64>().ok())
                 .sum();
             Some((task.file_name().to_string_lossy().into_owned(), switches))
