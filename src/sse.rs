@@ -217,7 +217,6 @@ async fn send_one(
     }
 }
 
-/// An error with its causes (reqwest's own message leaves out why a request failed, e.g. the certificate).
 /// The I/O error at the root of `error`, if there is one.
 fn io_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
@@ -230,6 +229,7 @@ fn io_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std:
     None
 }
 
+/// An error with its causes (reqwest's own message leaves out why a request failed, e.g. the certificate).
 fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

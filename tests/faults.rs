@@ -378,7 +378,7 @@ async fn a_huge_channel_roster_arrives_whole_through_a_slow_reader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_connections_are_retried_until_the_port_opens() {
+async fn connections_turned_away_are_retried_until_they_are_let_through() {
     let server = server_with(config()).await;
     let proxy = FaultProxy::start(server.local_addr()).await;
     let alice = through(&proxy, &server, "alice").await;
@@ -390,7 +390,12 @@ async fn refused_connections_are_retried_until_the_port_opens() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!is_connected(&alice));
     proxy.heal();
-    until(&alice, "alice back once the port opens", is_connected).await;
+    until(
+        &alice,
+        "alice back once connections are let through",
+        is_connected,
+    )
+    .await;
     settled(&server, 1).await;
     let truth = truth(&server, &["alice".to_owned()]).await;
     assert_eq!(truth[0].message.as_deref(), Some("kept"));

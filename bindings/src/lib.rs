@@ -766,14 +766,26 @@ impl PresenceClient {
         let mut events = client.events();
         let (stop_rx, stopped_rx) = (stop.clone(), stopped.clone());
         let task = self.runtime.spawn_blocking(move || {
+            // The task may start after the handle was already cancelled or dropped (a busy machine): no call
+            // starts once `stopped` is set.
+            let live = || !stopped_rx.load(Ordering::Acquire);
             let deliver_current = |listener: &dyn PresenceListener| {
+                if !live() {
+                    return;
+                }
                 let state = client.state().into();
                 guarded("on_state_changed", || listener.on_state_changed(state));
                 let status = own_status(client.effective_status(), client.status_reason());
+                if !live() {
+                    return;
+                }
                 guarded("on_own_status_changed", || {
                     listener.on_own_status_changed(status)
                 });
                 for presence in client.roster() {
+                    if !live() {
+                        return;
+                    }
                     let presence = presence.into();
                     guarded("on_presence_changed", || {
                         listener.on_presence_changed(presence)
@@ -789,7 +801,7 @@ impl PresenceClient {
                     }
                 });
                 let Some(event) = next else { break };
-                if stopped_rx.load(Ordering::Acquire) {
+                if !live() {
                     break;
                 }
                 deliver(listener.as_ref(), event, idle_warning_ms, &deliver_current);

@@ -1128,8 +1128,13 @@ impl Client {
         } else {
             let (before, complete) = self.channel_parts.remove(&channel).unwrap_or_default();
             let joined: Vec<String> = complete.difference(&before).cloned().collect();
-            let left: Vec<String> = before.difference(&complete).cloned().collect();
-            self.channel_members.replace(&channel, complete);
+            // Left: whoever the channel listed until now (before the snapshot, or joined while it arrived) and the
+            // complete list does not.
+            let known = self
+                .channel_members
+                .replace(&channel, complete.clone())
+                .unwrap_or_default();
+            let left: Vec<String> = known.difference(&complete).cloned().collect();
             self.forget_unwatched(left.clone());
             if !joined.is_empty() || !left.is_empty() {
                 self.events.push_back(Event::ChannelMembersChanged {
@@ -1175,11 +1180,12 @@ impl Client {
             self.stats.unexpected_messages += 1;
             return;
         }
-        for record in &joined {
-            self.channel_members.add(&channel, &record.user_id);
-        }
+        // Who left first, then who joined (protocol section 7): a user in both is a member afterwards.
         for user in &left {
             self.channel_members.remove_member(&channel, user);
+        }
+        for record in &joined {
+            self.channel_members.add(&channel, &record.user_id);
         }
         let joined_ids: Vec<String> = joined.iter().map(|r| r.user_id.clone()).collect();
         for record in joined {
@@ -2123,13 +2129,14 @@ impl ChannelMembers {
         Self::unlink(&mut self.by_user, user, channel, true);
     }
 
-    /// Replaces `channel`'s members.
-    fn replace(&mut self, channel: &str, members: BTreeSet<String>) {
-        self.remove(channel);
+    /// Replaces `channel`'s members, returning those it had.
+    fn replace(&mut self, channel: &str, members: BTreeSet<String>) -> Option<BTreeSet<String>> {
+        let previous = self.remove(channel);
         for user in &members {
             Self::link(&mut self.by_user, user, channel);
         }
         self.by_channel.insert(channel.to_owned(), members);
+        previous
     }
 
     /// Forgets `channel`, returning its members.

@@ -859,6 +859,10 @@ macro_rules! variant {
     ($text:expr, $enum:ident :: $variant:ident { $( $(#[$attr:meta])* $field:ident : $ty:ty ),* $(,)? }) => {{
         #[derive(Deserialize)]
         struct Body {
+            // Read (and dropped) so that a second `type` member is an error, as it is for the first pass: a
+            // frame must not mean one thing here and another to a parser that keeps the last duplicate.
+            #[serde(rename = "type", default)]
+            _kind: serde::de::IgnoredAny,
             $( $(#[$attr])* $field: $ty, )*
         }
         let body: Body = from_json($text)?;
@@ -1512,6 +1516,40 @@ mod tests {
             presence.encode(),
             r#"{"type":"presence","user":{"user_id":"dave","availability":"offline","message":null,"activity":null,"last_active_at":null,"since":null,"version":0}}"#
         );
+    }
+
+    #[test]
+    fn the_type_is_read_the_same_way_wherever_it_stands() {
+        let presence =
+            r#"{"user":{"user_id":"b","availability":"busy","version":7},"type":"presence"}"#;
+        let fast =
+            r#"{"type":"presence","user":{"user_id":"b","availability":"busy","version":7}}"#;
+        let spaced = "{ \"type\" : \"presence\" ,\"user\":{\"user_id\":\"b\",\"availability\":\"busy\",\"version\":7}}";
+        let escaped =
+            r#"{"type":"pres\u0065nce","user":{"user_id":"b","availability":"busy","version":7}}"#;
+        let expected = ServerMessage::Presence {
+            user: record("b", Availability::Busy, 7),
+        };
+        for text in [presence, fast, spaced, escaped] {
+            assert_eq!(
+                ServerMessage::decode(text, MAX_FRAME_BYTES),
+                Ok(expected.clone()),
+                "{text}"
+            );
+        }
+        // A second `type` is an error whichever pass reads the frame.
+        for text in [
+            r#"{"type":"presence","type":"welcome","user":{"user_id":"b","availability":"busy","version":7}}"#,
+            r#"{"type":"telemetry","type":"other"}"#,
+        ] {
+            assert!(
+                ServerMessage::decode(text, MAX_FRAME_BYTES).is_err(),
+                "{text}"
+            );
+        }
+        // Broken JSON after a readable type is still broken.
+        assert!(ServerMessage::decode(r#"{"type":"telemetry","#, MAX_FRAME_BYTES).is_err());
+        assert!(ServerMessage::decode(r#"{"type":"presence","user":"#, MAX_FRAME_BYTES).is_err());
     }
 
     #[test]

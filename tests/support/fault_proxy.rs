@@ -27,7 +27,8 @@ pub struct Faults {
     pub client_stops_reading: bool,
     /// Bytes per second the proxy reads from the server: a slow reader on the client's side.
     pub client_read_rate: Option<u32>,
-    /// New connections are accepted and closed at once, before any byte (a refused or filtered port).
+    /// New connections are accepted and closed at once, before any byte is forwarded (a port that turns
+    /// connections away, as an overloaded load balancer does; a refused connection is a port with no listener).
     pub refuse: bool,
 }
 
@@ -183,10 +184,30 @@ async fn connection(
             how = killed => Some(how),
         }
     };
-    if killed == Some(Kill::Reset) {
-        // Linger 0: closing sends RST instead of FIN.
-        let _ = inbound.set_zero_linger();
-        let _ = outbound.set_zero_linger();
+    match killed {
+        Some(Kill::Reset) => {
+            // Linger 0: closing sends RST instead of FIN.
+            let _ = inbound.set_zero_linger();
+            let _ = outbound.set_zero_linger();
+        }
+        Some(Kill::Drop) => {
+            // A clean close: FIN both ways, then read what is still unread for a moment, because closing a
+            // socket with unread bytes sends RST instead.
+            let _ = inbound.shutdown().await;
+            let _ = outbound.shutdown().await;
+            let drain = async {
+                let (mut one, mut two) = ([0u8; 4096], [0u8; 4096]);
+                let (mut a, mut b) = (false, false);
+                while !(a && b) {
+                    tokio::select! {
+                        read = inbound.read(&mut one), if !a => a = !matches!(read, Ok(n) if n > 0),
+                        read = outbound.read(&mut two), if !b => b = !matches!(read, Ok(n) if n > 0),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
+        }
+        None => {}
     }
 }
 
@@ -215,8 +236,11 @@ async fn direction(
                 let want = rate.map_or(buf.len(), |r| (r as usize / 20).clamp(1, buf.len()));
                 let read = tokio::select! {
                     read = from.read(&mut buf[..want]) => read,
-                    // A fault that starts while waiting for bytes applies at once.
-                    _ = faults.wait_for(|f| side.held(f)) => continue,
+                    // A change of faults while waiting for bytes applies at once (a read is cancel-safe).
+                    changed = faults.changed() => match changed {
+                        Ok(()) => continue,
+                        Err(_) => return, // the proxy is gone
+                    },
                 };
                 match read {
                     Ok(0) | Err(_) => return,
