@@ -94,7 +94,7 @@ static int settled_thread_count(int expected) {
 
 /* How long a test waits for an event before it fails, in milliseconds: generous, because valgrind and a busy
  * machine slow everything down; waits end as soon as the event arrives. */
-#define WAIT_MS 20000
+#define WAIT_MS 60000
 
 /* Drains `client` for up to `ms` until `done` says so; each event goes through `seen`. */
 typedef int (*Seen)(const PresentlyEvent *event, void *state);
