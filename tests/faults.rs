@@ -88,6 +88,23 @@ async fn agrees(watcher: &Client, name: &str, truth: &[Presence]) {
     }
 }
 
+/// Connected clients (straight to the server) for `users`, each busy with `message`.
+async fn busy_clients<'a>(
+    server: &RunningServer,
+    users: impl Iterator<Item = &'a String>,
+    message: &str,
+) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for user in users {
+        let client = connected_client(server, user).await;
+        client
+            .set_status(Status::new(Availability::Busy).with_message(message))
+            .unwrap();
+        clients.push(client);
+    }
+    clients
+}
+
 fn names(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -320,14 +337,7 @@ async fn ten_thousand_subscriptions_over_a_slow_link() {
     let users = names("sub", 10_000);
     let watcher = through(&proxy, &server, "watcher").await;
     watcher.subscribe(users.clone()).unwrap();
-    let mut online = Vec::new();
-    for user in users.iter().step_by(1_000) {
-        let client = connected_client(&server, user).await;
-        client
-            .set_status(Status::new(Availability::Busy).with_message("in studio"))
-            .unwrap();
-        online.push(client);
-    }
+    let online = busy_clients(&server, users.iter().step_by(1_000), "in studio").await;
     until(&watcher, "10,000 records", |c| c.roster().len() == 10_000).await;
     settled(&server, online.len() as u64 + 1).await;
     agrees(&watcher, "watcher", &truth(&server, &users).await).await;
@@ -352,14 +362,7 @@ async fn a_huge_channel_roster_arrives_whole_through_a_slow_reader() {
         "hall",
         members.iter().cloned().chain(["watcher".to_owned()]),
     );
-    let mut online = Vec::new();
-    for user in members.iter().step_by(500) {
-        let client = connected_client(&server, user).await;
-        client
-            .set_status(Status::new(Availability::Busy).with_message("on stage"))
-            .unwrap();
-        online.push(client);
-    }
+    let online = busy_clients(&server, members.iter().step_by(500), "on stage").await;
     let proxy = FaultProxy::start(server.local_addr()).await;
     // About a megabyte of snapshot, read at 1 MB/s.
     proxy.update(|f| f.client_read_rate = Some(1_000_000));
@@ -370,8 +373,6 @@ async fn a_huge_channel_roster_arrives_whole_through_a_slow_reader() {
     })
     .await;
     settled(&server, online.len() as u64 + 1).await;
-    let mut everyone = members.clone();
-    everyone.push("watcher".into());
     let truth = truth(&server, &members).await;
     agrees(&watcher, "watcher", &truth).await;
     println!("{:?}", server.stats());
