@@ -358,10 +358,13 @@ async fn ten_thousand_subscriptions_over_a_slow_link() {
 async fn a_huge_channel_roster_arrives_whole_through_a_slow_reader() {
     let server = server_with(config()).await;
     let members = names("member", 10_000);
-    server.set_channel_members(
-        "hall",
-        members.iter().cloned().chain(["watcher".to_owned()]),
-    );
+    server
+        .set_channel_members(
+            "hall",
+            members.iter().cloned().chain(["watcher".to_owned()]),
+        )
+        .await
+        .expect("channel members set");
     let online = busy_clients(&server, members.iter().step_by(500), "on stage").await;
     let proxy = FaultProxy::start(server.local_addr()).await;
     // About a megabyte of snapshot, read at 1 MB/s.

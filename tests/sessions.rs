@@ -205,7 +205,10 @@ async fn a_provider_that_keeps_handing_out_expired_tokens_fails_without_a_storm(
 #[tokio::test]
 async fn a_channel_shows_its_members_as_they_come_and_go() {
     let server = start_server().await;
-    server.set_channel_members("studio-a", ["alice", "bob"]);
+    server
+        .set_channel_members("studio-a", ["alice", "bob"])
+        .await
+        .expect("channel members set");
     let alice = connected_client(&server, "alice").await;
     alice.subscribe_channels(["studio-a"]).unwrap();
     until(&alice, "the channel's members", |c| {
@@ -218,7 +221,10 @@ async fn a_channel_shows_its_members_as_they_come_and_go() {
     })
     .await;
     let _ = bob;
-    server.set_channel_members("studio-a", ["alice", "carol"]);
+    server
+        .set_channel_members("studio-a", ["alice", "carol"])
+        .await
+        .expect("channel members set");
     until(&alice, "the new membership", |c| {
         c.channel_members("studio-a") == Some(vec!["alice".into(), "carol".into()])
     })

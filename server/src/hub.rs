@@ -19,6 +19,9 @@ use presently_core::protocol::{
     MAX_SUBSCRIPTIONS_PER_SESSION, Privacy, ServerMessage, Visibility, split_records,
 };
 use presently_core::{Activity, Availability, Presence, Status};
+
+use crate::cluster::{Job, Op, StoreLink};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -68,12 +71,18 @@ pub(crate) struct Conn {
 }
 
 /// What the user's presence is, before privacy: the aggregate of their sessions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Shown {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Shown {
     availability: Availability,
     message: Option<String>,
     activity: Option<Activity>,
     focus: Vec<String>,
+}
+
+impl Default for Shown {
+    fn default() -> Self {
+        Shown::offline()
+    }
 }
 
 impl Shown {
@@ -100,52 +109,86 @@ pub(crate) enum View {
     Denied,
 }
 
-#[derive(Debug)]
-struct UserState {
+/// What a user's presence is made of that is the same on every server node: the user-wide choice, the
+/// aggregate shown to watchers with its times, privacy and contacts. With a store shared by several nodes
+/// (`cluster`), this is what the store holds per user; each node keeps a replica of the users it serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Canonical {
     /// The user-wide explicit choice and when it was made (Unix ms).
-    choice: Option<(Status, u64)>,
-    sessions: Vec<u64>,
-    watchers: HashSet<u64>,
-    shown: Shown,
-    last_active_at: Option<u64>,
-    since: Option<u64>,
+    #[serde(default)]
+    pub(crate) choice: Option<(Status, u64)>,
+    #[serde(default)]
+    pub(crate) shown: Shown,
+    #[serde(default)]
+    pub(crate) last_active_at: Option<u64>,
+    #[serde(default)]
+    pub(crate) since: Option<u64>,
     /// While the user is invisible: the `since` and `last_active_at` watchers keep seeing (those of the moment
     /// the user vanished, or of their last real offline if they were offline already).
-    invisible_since: Option<u64>,
-    invisible_last_active: Option<u64>,
+    #[serde(default)]
+    pub(crate) invisible_since: Option<u64>,
+    #[serde(default)]
+    pub(crate) invisible_last_active: Option<u64>,
+    /// Whether the user was ever seen (a never-seen user's record has nulls).
+    #[serde(default)]
+    pub(crate) seen: bool,
+    #[serde(default)]
+    pub(crate) privacy: Privacy,
+    /// Sorted, so that equal lists encode equally.
+    #[serde(default)]
+    pub(crate) contacts: BTreeSet<String>,
+}
+
+/// What one session contributes to its user's presence (protocol section 6.1): its automatic state and focus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Contribution {
+    pub(crate) auto: Auto,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) focus: Option<String>,
+}
+
+#[derive(Debug)]
+struct UserState {
+    canon: Canonical,
+    /// The sessions of the user on this node.
+    sessions: Vec<u64>,
+    /// The sessions on this node that watch the user.
+    watchers: HashSet<u64>,
     /// The choice (by its time) whose message-expiry timer is running.
     expiry_scheduled: Option<u64>,
-    /// Whether the user was ever seen (a never-seen user's record has nulls).
-    seen: bool,
-    privacy: Privacy,
-    contacts: HashSet<String>,
+    /// With a shared store: the store's revision of `canon` (0 until loaded).
+    rev: u64,
+    /// With a shared store: the sweep round in which the replica was last needed.
+    touched: u64,
+    /// With a shared store: whether `canon` was read from the store (or came from it) at least once.
+    loaded: bool,
 }
 
 impl UserState {
     fn new() -> Self {
         UserState {
-            choice: None,
+            canon: Canonical::default(),
             sessions: Vec::new(),
             watchers: HashSet::new(),
-            shown: Shown::offline(),
-            last_active_at: None,
-            since: None,
-            invisible_since: None,
-            invisible_last_active: None,
             expiry_scheduled: None,
-            seen: false,
-            privacy: Privacy::default(),
-            contacts: HashSet::new(),
+            rev: 0,
+            touched: 0,
+            loaded: false,
         }
+    }
+
+    /// Not needed on this node: no session here, not watched from here.
+    fn unused(&self) -> bool {
+        self.sessions.is_empty() && self.watchers.is_empty()
     }
 
     /// Nothing worth keeping: never seen, unwatched, default privacy, no contacts.
     fn forgettable(&self) -> bool {
-        !self.seen
+        !self.canon.seen
             && self.sessions.is_empty()
             && self.watchers.is_empty()
-            && self.privacy == Privacy::default()
-            && self.contacts.is_empty()
+            && self.canon.privacy == Privacy::default()
+            && self.canon.contacts.is_empty()
     }
 }
 
@@ -154,14 +197,14 @@ fn view_of(user: &UserState, user_id: &str, watcher: &str) -> View {
     if watcher == user_id {
         return View::Own;
     }
-    let allowed = match user.privacy.visibility {
+    let allowed = match user.canon.privacy.visibility {
         Visibility::Everyone => true,
-        Visibility::Contacts => user.contacts.contains(watcher),
+        Visibility::Contacts => user.canon.contacts.contains(watcher),
         Visibility::Nobody => false,
     };
     if !allowed {
         View::Denied
-    } else if user.shown.availability == Availability::Invisible {
+    } else if user.canon.shown.availability == Availability::Invisible {
         View::Invisible
     } else {
         View::Full
@@ -174,11 +217,11 @@ fn record_for(user: &UserState, user_id: &str, view: View, version: u64) -> Pres
         version,
         ..Presence::unknown(user_id)
     };
-    if !user.seen {
+    if !user.canon.seen {
         return blank;
     }
     let last_seen = |at: Option<u64>| {
-        if user.privacy.hide_last_seen {
+        if user.canon.privacy.hide_last_seen {
             None
         } else {
             at
@@ -187,28 +230,28 @@ fn record_for(user: &UserState, user_id: &str, view: View, version: u64) -> Pres
     match view {
         View::Denied => blank,
         View::Invisible => Presence {
-            last_active_at: last_seen(user.invisible_last_active),
+            last_active_at: last_seen(user.canon.invisible_last_active),
             // For someone offline, `since` is their last seen too.
-            since: last_seen(user.invisible_since),
+            since: last_seen(user.canon.invisible_since),
             ..blank
         },
         View::Own | View::Full => Presence {
             user_id: user_id.to_owned(),
-            availability: user.shown.availability,
-            message: user.shown.message.clone(),
-            activity: user.shown.activity.clone(),
+            availability: user.canon.shown.availability,
+            message: user.canon.shown.message.clone(),
+            activity: user.canon.shown.activity.clone(),
             last_active_at: if view == View::Own {
-                user.last_active_at
+                user.canon.last_active_at
             } else {
-                last_seen(user.last_active_at)
+                last_seen(user.canon.last_active_at)
             },
-            since: if view == View::Full && user.shown.availability == Availability::Offline {
-                last_seen(user.since)
+            since: if view == View::Full && user.canon.shown.availability == Availability::Offline {
+                last_seen(user.canon.since)
             } else {
-                user.since
+                user.canon.since
             },
             version,
-            focus: user.shown.focus.clone(),
+            focus: user.canon.shown.focus.clone(),
         },
     }
 }
@@ -237,6 +280,9 @@ struct SessionState {
 struct ChannelState {
     members: BTreeSet<String>,
     subscribers: HashSet<u64>,
+    /// With a shared store: the store's revision of `members`, and whether they were read from it.
+    rev: u64,
+    loaded: bool,
 }
 
 /// The last record a session was sent about a user.
@@ -255,6 +301,11 @@ struct HubState {
     next_session: u64,
     /// The server-wide version counter (protocol section 3.1).
     clock: u64,
+    /// Whether a shared store holds the canonical presence: replicas of users are then dropped by
+    /// [`Hub::sweep`], not as soon as they are unused.
+    shared: bool,
+    /// Counts [`Hub::sweep`] calls.
+    sweep_round: u64,
 }
 
 impl HubState {
@@ -308,9 +359,10 @@ impl HubState {
         if let Some(session) = self.sessions.get_mut(&key) {
             session.watching.remove(user);
         }
+        let shared = self.shared;
         if let Some(state) = self.users.get_mut(user) {
             state.watchers.remove(&key);
-            if state.forgettable() {
+            if !shared && state.forgettable() {
                 self.users.remove(user);
             }
         }
@@ -373,6 +425,9 @@ pub(crate) struct Hub {
     sessions_started: AtomicU64,
     sessions_resumed: AtomicU64,
     slow_consumers: AtomicU64,
+    /// With a shared store: where changes to users' canonical presence go (see `cluster`). Unset: this node
+    /// is the store.
+    store: OnceLock<StoreLink>,
 }
 
 /// The most focus contexts a record carries.
@@ -410,6 +465,207 @@ impl Hub {
             sessions_started: AtomicU64::default(),
             sessions_resumed: AtomicU64::default(),
             slow_consumers: AtomicU64::default(),
+            store: OnceLock::new(),
+        }
+    }
+
+    /// Hands changes of canonical presence to a shared store from now on (see `cluster`).
+    pub(crate) fn use_store(&self, link: StoreLink) {
+        self.lock().shared = true;
+        let _ = self.store.set(link);
+    }
+
+    /// Of `users`, those whose canonical presence this node has not read from the shared store.
+    pub(crate) fn unloaded_users(&self, users: &[String]) -> Vec<String> {
+        let state = self.lock();
+        let mut listed = HashSet::new();
+        users
+            .iter()
+            .filter(|u| listed.insert(u.as_str()))
+            .filter(|u| !state.users.get(u.as_str()).is_some_and(|s| s.loaded))
+            .cloned()
+            .collect()
+    }
+
+    /// What the user's sessions on this node contribute to their presence.
+    pub(crate) fn contribution(&self, user_id: &str) -> Vec<Contribution> {
+        let state = self.lock();
+        state
+            .users
+            .get(user_id)
+            .map(|user| contributions_of(&state, user))
+            .unwrap_or_default()
+    }
+
+    /// Adopts revision `rev` of a user's canonical presence from the shared store, if it is newer than the
+    /// replica's, and tells this node's sessions what changed: watchers their new record, the user's own
+    /// sessions their choice and privacy. `load` creates the replica if there is none (otherwise a user this
+    /// node does not serve is ignored). Returns the message expiry to schedule, as (choice time, expiry), when
+    /// the user has a session here and an expiring message no timer runs for yet.
+    pub(crate) fn apply_user(
+        &self,
+        user_id: &str,
+        rev: u64,
+        canon: Canonical,
+        load: bool,
+    ) -> Option<(u64, u64)> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let round = state.sweep_round;
+        let user = if load {
+            state
+                .users
+                .entry(user_id.to_owned())
+                .or_insert_with(UserState::new)
+        } else {
+            state.users.get_mut(user_id)?
+        };
+        if load {
+            user.touched = round;
+        }
+        if user.loaded && rev <= user.rev {
+            return None;
+        }
+        user.loaded = true;
+        user.rev = rev;
+        if user.canon == canon {
+            return None;
+        }
+        let before = std::mem::replace(&mut user.canon, canon);
+        let privacy = user.canon.privacy;
+        let local = !user.sessions.is_empty();
+        if before.privacy != privacy {
+            let frame = privacy_frame(privacy);
+            for session in user.sessions.iter().filter_map(|k| state.sessions.get(k)) {
+                if let Some(conn) = &session.conn {
+                    self.push(conn, frame.clone());
+                }
+            }
+        }
+        if before.choice != state.users.get(user_id)?.canon.choice {
+            self.send_choice(state, user_id);
+        }
+        self.fan_out(state, user_id);
+        if !local {
+            return None;
+        }
+        let user = state.users.get_mut(user_id)?;
+        let (status, chosen_at) = user.canon.choice.as_ref()?;
+        let (chosen_at, expires_at) = (*chosen_at, status.message_expires_at?);
+        if user.expiry_scheduled == Some(chosen_at) {
+            return None;
+        }
+        user.expiry_scheduled = Some(chosen_at);
+        Some((chosen_at, expires_at))
+    }
+
+    /// The replicas of this node, to rebuild a shared store that lost them: each user's canonical presence, and
+    /// whether the user has a session here.
+    pub(crate) fn replicas(&self) -> Vec<(String, Canonical, bool)> {
+        let state = self.lock();
+        state
+            .users
+            .iter()
+            .filter(|(_, u)| u.loaded)
+            .map(|(id, u)| (id.clone(), u.canon.clone(), !u.sessions.is_empty()))
+            .collect()
+    }
+
+    /// The users and channels this node keeps replicas of.
+    pub(crate) fn replicated(&self) -> (Vec<String>, Vec<String>) {
+        let state = self.lock();
+        (
+            state.users.keys().cloned().collect(),
+            state
+                .channels
+                .iter()
+                .filter(|(_, c)| c.loaded)
+                .map(|(id, _)| id.clone())
+                .collect(),
+        )
+    }
+
+    /// Drops the replicas of users this node has not needed since the previous sweep.
+    pub(crate) fn sweep(&self) {
+        let mut state = self.lock();
+        let round = state.sweep_round;
+        state
+            .users
+            .retain(|_, u| !u.unused() || u.touched + 1 >= round);
+        state.sweep_round += 1;
+    }
+
+    /// The store's revision of this node's replica of `channel` (0 if none).
+    pub(crate) fn channel_rev(&self, channel: &str) -> u64 {
+        self.lock().channels.get(channel).map_or(0, |c| c.rev)
+    }
+
+    /// This node's replica of `channel`: its revision and members.
+    pub(crate) fn channel_replica(&self, channel: &str) -> (u64, Vec<String>) {
+        let state = self.lock();
+        state.channels.get(channel).map_or((0, Vec::new()), |c| {
+            (c.rev, c.members.iter().cloned().collect())
+        })
+    }
+
+    /// Whether this node holds the members of `channel` as the shared store has them.
+    pub(crate) fn channel_loaded(&self, channel: &str) -> bool {
+        self.lock().channels.get(channel).is_some_and(|c| c.loaded)
+    }
+
+    /// Adopts a change of a channel's members from the shared store: `joined` and `left`, from revision `prev`
+    /// to `rev`. Returns `false` (and changes nothing) if the replica is not at `prev`, so that the caller reads
+    /// the whole list instead. Unknown channels and older revisions are ignored.
+    pub(crate) fn apply_channel_change(
+        &self,
+        channel: &str,
+        prev: u64,
+        rev: u64,
+        joined: &[String],
+        left: &[String],
+    ) -> bool {
+        {
+            let state = self.lock();
+            match state.channels.get(channel) {
+                Some(c) if c.loaded && c.rev == prev => {}
+                Some(c) if c.loaded && c.rev >= rev => return true,
+                Some(_) => return false,
+                None => return true,
+            }
+        }
+        self.update_channel_at(channel, Some(rev), |members| {
+            let mut members = members.clone();
+            for user in left {
+                members.remove(user);
+            }
+            members.extend(joined.iter().cloned());
+            members
+        });
+        true
+    }
+
+    /// Adopts a channel's whole member list at revision `rev` from the shared store.
+    pub(crate) fn apply_channel_members(&self, channel: &str, rev: u64, members: BTreeSet<String>) {
+        self.update_channel_at(channel, Some(rev), |_| members);
+    }
+
+    /// Whether a shared store holds the canonical presence.
+    pub(crate) fn shared(&self) -> bool {
+        self.store.get().is_some()
+    }
+
+    /// Sends the shared store a change of `user_id`'s canonical presence; `false` without a shared store.
+    fn to_store(&self, user_id: &str, ops: Vec<Op>) -> bool {
+        match self.store.get() {
+            Some(link) => {
+                link.send(Job {
+                    user: user_id.to_owned(),
+                    ops,
+                    done: None,
+                });
+                true
+            }
+            None => false,
         }
     }
 
@@ -464,14 +720,28 @@ impl Hub {
             .entry(user_id.to_owned())
             .or_insert_with(UserState::new);
         user.sessions.push(key);
-        let choice_changed = intro.choice.is_some_and(|c| apply_choice(user, c));
-        let current = current_choice(user);
-        self.push(&conn, welcome(&public_id, false, current));
-        self.push(&conn, privacy_frame(user.privacy));
-        if choice_changed {
-            self.send_choice(state, user_id);
+        user.touched = state.sweep_round;
+        if self.shared() {
+            // The store applies the choice; the welcome states what is known here now, and a `choice` frame
+            // follows if the store's differs.
+            let current = current_choice(&user.canon);
+            self.push(&conn, welcome(&public_id, false, current));
+            self.push(&conn, privacy_frame(user.canon.privacy));
+            let mut ops: Vec<Op> = intro.choice.into_iter().map(Op::Choice).collect();
+            ops.push(Op::Active(unix_millis()));
+            self.to_store(user_id, ops);
+        } else {
+            let choice_changed = intro
+                .choice
+                .is_some_and(|c| apply_choice(&mut user.canon, c));
+            let current = current_choice(&user.canon);
+            self.push(&conn, welcome(&public_id, false, current));
+            self.push(&conn, privacy_frame(user.canon.privacy));
+            if choice_changed {
+                self.send_choice(state, user_id);
+            }
+            self.refresh(state, user_id, Some(unix_millis()), false);
         }
-        self.refresh(state, user_id, Some(unix_millis()), false);
         Attached {
             key,
             generation: 1,
@@ -517,13 +787,17 @@ impl Hub {
             .map(|(u, sent)| (u.clone(), sent.version))
             .collect();
         self.sessions_resumed.fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared();
         let choice_changed = match state.users.get_mut(user_id) {
-            Some(user) => intro.choice.is_some_and(|c| apply_choice(user, c)),
-            None => false,
+            Some(user) if !shared => intro
+                .choice
+                .clone()
+                .is_some_and(|c| apply_choice(&mut user.canon, c)),
+            _ => false,
         };
         let user = state.users.get(user_id);
-        let current = user.and_then(current_choice);
-        let privacy = user.map(|u| u.privacy).unwrap_or_default();
+        let current = user.and_then(|u| current_choice(&u.canon));
+        let privacy = user.map(|u| u.canon.privacy).unwrap_or_default();
         self.push(&conn, welcome(public_id, true, current));
         self.push(&conn, privacy_frame(privacy));
         // What changed while the connection was away: every watched user whose last record sent to this session
@@ -549,10 +823,16 @@ impl Hub {
             }
         }
         self.push_snapshot(&conn, records);
-        if choice_changed {
-            self.send_choice(state, user_id);
+        if shared {
+            let mut ops: Vec<Op> = intro.choice.into_iter().map(Op::Choice).collect();
+            ops.push(Op::Sessions);
+            self.to_store(user_id, ops);
+        } else {
+            if choice_changed {
+                self.send_choice(state, user_id);
+            }
+            self.refresh(state, user_id, None, false);
         }
-        self.refresh(state, user_id, None, false);
         Some(Attached {
             key,
             generation,
@@ -593,10 +873,16 @@ impl Hub {
         let Some(user_id) = state.sessions.get(&key).map(|s| s.user_id.clone()) else {
             return;
         };
+        if self.to_store(
+            &user_id,
+            vec![Op::Choice(choice.clone()), Op::Active(unix_millis())],
+        ) {
+            return;
+        }
         let Some(user) = state.users.get_mut(&user_id) else {
             return;
         };
-        if apply_choice(user, choice) {
+        if apply_choice(&mut user.canon, choice) {
             self.send_choice(state, &user_id);
             self.refresh(state, &user_id, Some(unix_millis()), false);
         }
@@ -607,7 +893,7 @@ impl Hub {
     pub(crate) fn message_expiry(&self, user_id: &str) -> Option<(u64, u64)> {
         let mut state = self.lock();
         let user = state.users.get_mut(user_id)?;
-        let (status, chosen_at) = user.choice.as_ref()?;
+        let (status, chosen_at) = user.canon.choice.as_ref()?;
         let (chosen_at, expires_at) = (*chosen_at, status.message_expires_at?);
         if user.expiry_scheduled == Some(chosen_at) {
             return None;
@@ -618,20 +904,17 @@ impl Hub {
 
     /// The message of the choice made at `chosen_at` expired: clear it, if that choice still holds.
     pub(crate) fn expire_message(&self, user_id: &str, chosen_at: u64) {
+        if self.to_store(user_id, vec![Op::ExpireMessage(chosen_at)]) {
+            return;
+        }
         let mut guard = self.lock();
         let state = &mut *guard;
         let Some(user) = state.users.get_mut(user_id) else {
             return;
         };
-        let Some((status, at)) = user.choice.as_mut() else {
-            return;
-        };
-        if *at != chosen_at || status.message_expires_at.is_none() {
+        if !expire_message(&mut user.canon, chosen_at) {
             return;
         }
-        let expired_at = status.message_expires_at.take().unwrap_or(chosen_at);
-        status.message = None;
-        *at = (*at).max(expired_at);
         self.send_choice(state, user_id);
         self.refresh(state, user_id, None, false);
     }
@@ -649,7 +932,11 @@ impl Hub {
         let active = auto.state == AutoState::Active;
         session.auto = auto;
         let user_id = session.user_id.clone();
-        self.refresh(state, &user_id, active.then(unix_millis), false);
+        let active_at = active.then(unix_millis);
+        if self.to_store(&user_id, vec![active_at.map_or(Op::Sessions, Op::Active)]) {
+            return;
+        }
+        self.refresh(state, &user_id, active_at, false);
     }
 
     /// Applies a validated focus context from a session.
@@ -664,6 +951,9 @@ impl Hub {
         }
         session.focus = focus;
         let user_id = session.user_id.clone();
+        if self.to_store(&user_id, vec![Op::Active(unix_millis())]) {
+            return;
+        }
         self.refresh(state, &user_id, Some(unix_millis()), false);
     }
 
@@ -674,10 +964,13 @@ impl Hub {
         let Some(user_id) = state.sessions.get(&key).map(|s| s.user_id.clone()) else {
             return;
         };
+        if self.to_store(&user_id, vec![Op::Privacy(privacy)]) {
+            return;
+        }
         let Some(user) = state.users.get_mut(&user_id) else {
             return;
         };
-        user.privacy = privacy;
+        user.canon.privacy = privacy;
         let frame = privacy_frame(privacy);
         for session in user.sessions.iter().filter_map(|k| state.sessions.get(k)) {
             if let Some(conn) = &session.conn {
@@ -688,16 +981,16 @@ impl Hub {
     }
 
     /// Replaces a user's contact list (admin API): who may see them under `contacts` visibility.
-    pub(crate) fn set_contacts(&self, user_id: &str, contacts: HashSet<String>) {
+    pub(crate) fn set_contacts(&self, user_id: &str, contacts: BTreeSet<String>) {
         let mut guard = self.lock();
         let state = &mut *guard;
         let user = state
             .users
             .entry(user_id.to_owned())
             .or_insert_with(UserState::new);
-        user.contacts = contacts;
+        user.canon.contacts = contacts;
         self.refresh(state, user_id, None, true);
-        if state.users.get(user_id).is_some_and(UserState::forgettable) {
+        if !state.shared && state.users.get(user_id).is_some_and(UserState::forgettable) {
             state.users.remove(user_id);
         }
     }
@@ -708,7 +1001,7 @@ impl Hub {
         let mut contacts: Vec<String> = state
             .users
             .get(user_id)
-            .map(|u| u.contacts.iter().cloned().collect())
+            .map(|u| u.canon.contacts.iter().cloned().collect())
             .unwrap_or_default();
         contacts.sort();
         contacts
@@ -828,11 +1121,6 @@ impl Hub {
         }
     }
 
-    /// Replaces a channel's members (admin API) and tells its subscribers who joined and who left.
-    pub(crate) fn set_channel_members(&self, channel: &str, members: BTreeSet<String>) {
-        self.update_channel(channel, |_| members);
-    }
-
     /// Changes a channel's members atomically (`change` gets the current members and returns the new ones) and
     /// tells its subscribers who joined and who left.
     pub(crate) fn update_channel(
@@ -840,9 +1128,23 @@ impl Hub {
         channel: &str,
         change: impl FnOnce(&BTreeSet<String>) -> BTreeSet<String>,
     ) {
+        self.update_channel_at(channel, None, change);
+    }
+
+    /// [`Hub::update_channel`]; with a shared store, `rev` is the store's revision of the result.
+    fn update_channel_at(
+        &self,
+        channel: &str,
+        rev: Option<u64>,
+        change: impl FnOnce(&BTreeSet<String>) -> BTreeSet<String>,
+    ) {
         let mut guard = self.lock();
         let state = &mut *guard;
         let entry = state.channels.entry(channel.to_owned()).or_default();
+        if let Some(rev) = rev {
+            entry.rev = rev;
+            entry.loaded = true;
+        }
         let members = change(&entry.members);
         let joined: Vec<String> = members.difference(&entry.members).cloned().collect();
         let left: Vec<String> = entry.members.difference(&members).cloned().collect();
@@ -992,7 +1294,7 @@ impl Hub {
         for watched in session.watching.keys() {
             if let Some(user) = state.users.get_mut(watched) {
                 user.watchers.remove(&key);
-                if user.forgettable() {
+                if !state.shared && user.forgettable() {
                     state.users.remove(watched);
                 }
             }
@@ -1001,10 +1303,11 @@ impl Hub {
             return;
         };
         user.sessions.retain(|s| *s != key);
+        if self.to_store(&session.user_id, vec![Op::Left(last_inbound_at)]) {
+            return;
+        }
         if user.sessions.is_empty() {
-            // The choice lasts while the user has a session.
-            user.choice = None;
-            user.last_active_at = Some(user.last_active_at.unwrap_or(0).max(last_inbound_at));
+            end_of_sessions(&mut user.canon, last_inbound_at);
         }
         self.refresh(state, &session.user_id, None, false);
     }
@@ -1027,61 +1330,19 @@ impl Hub {
         }
     }
 
-    /// Recomputes the user's presence (protocol section 6.1) and sends every watcher whose view of it changed
-    /// the new record. `active_at` is the Unix ms at which the user was active, if the cause says so; `views`
-    /// is set when who-sees-what may have changed (privacy, contacts) although the presence did not.
+    /// Recomputes the user's presence (protocol section 6.1) from the sessions on this node and sends every
+    /// watcher whose view of it changed the new record. `active_at` is the Unix ms at which the user was active,
+    /// if the cause says so; `views` is set when who-sees-what may have changed (privacy, contacts) although the
+    /// presence did not. With a shared store the store's node does this instead (see `cluster`).
     fn refresh(&self, state: &mut HubState, user_id: &str, active_at: Option<u64>, views: bool) {
         let Some(user) = state.users.get(user_id) else {
             return;
         };
-        let shown = if user.sessions.is_empty() {
-            Shown::offline()
-        } else {
-            let sessions: Vec<&SessionState> = user
-                .sessions
-                .iter()
-                .filter_map(|k| state.sessions.get(k))
-                .collect();
-            aggregate(user.choice.as_ref().map(|(s, _)| s), &sessions)
-        };
+        let contributions = contributions_of(state, user);
         let Some(user) = state.users.get_mut(user_id) else {
             return;
         };
-        let (previous_since, previous_last_active) = (user.since, user.last_active_at);
-        if let Some(at) = active_at {
-            user.last_active_at = Some(at);
-        }
-        let changed = !user.seen || shown != user.shown;
-        if changed {
-            let now = unix_millis();
-            let was = user.shown.availability;
-            if shown.availability == Availability::Invisible && was != Availability::Invisible {
-                if !user.seen || was == Availability::Offline {
-                    // Connecting invisibly: watchers keep exactly the offline record they had.
-                    user.invisible_since = previous_since;
-                    user.invisible_last_active = previous_last_active;
-                } else {
-                    user.invisible_since = Some(now);
-                    user.invisible_last_active = Some(now);
-                }
-            }
-            if was == Availability::Invisible && shown.availability == Availability::Offline {
-                // An invisible user who leaves was already offline for watchers: nothing may move.
-                user.since = user.invisible_since;
-                user.last_active_at = user.invisible_last_active;
-            } else if !user.seen || shown.availability != was {
-                user.since = Some(now);
-            }
-            if shown.availability != Availability::Invisible {
-                user.invisible_since = None;
-                user.invisible_last_active = None;
-            }
-            if user.last_active_at.is_none() {
-                user.last_active_at = Some(now);
-            }
-            user.seen = true;
-            user.shown = shown;
-        }
+        let changed = recompute(&mut user.canon, &contributions, active_at, unix_millis());
         if changed || views {
             self.fan_out(state, user_id);
         }
@@ -1153,7 +1414,7 @@ impl Hub {
         let Some(user) = state.users.get(user_id) else {
             return;
         };
-        let Some(choice) = current_choice(user) else {
+        let Some(choice) = current_choice(&user.canon) else {
             return;
         };
         let frame: Arc<str> = ServerMessage::Choice { status: choice }.encode().into();
@@ -1180,8 +1441,23 @@ fn privacy_frame(privacy: Privacy) -> Arc<str> {
     ServerMessage::Privacy { privacy }.encode().into()
 }
 
-fn current_choice(user: &UserState) -> Option<Choice> {
-    user.choice.as_ref().map(|(status, at)| Choice {
+/// Clears the message of the choice made at `chosen_at`, if that choice still holds and has an expiring
+/// message. Returns whether it cleared it.
+pub(crate) fn expire_message(canon: &mut Canonical, chosen_at: u64) -> bool {
+    let Some((status, at)) = canon.choice.as_mut() else {
+        return false;
+    };
+    if *at != chosen_at || status.message_expires_at.is_none() {
+        return false;
+    }
+    let expired_at = status.message_expires_at.take().unwrap_or(chosen_at);
+    status.message = None;
+    *at = (*at).max(expired_at);
+    true
+}
+
+fn current_choice(canon: &Canonical) -> Option<Choice> {
+    canon.choice.as_ref().map(|(status, at)| Choice {
         status: status.clone(),
         chosen_at: Some(*at),
     })
@@ -1189,9 +1465,9 @@ fn current_choice(user: &UserState) -> Option<Choice> {
 
 /// Adopts `choice` as the user's if it is newer than the current one (protocol section 6.1). A choice without
 /// a time is timed at its receipt, after the current one. A message whose expiry has passed is dropped.
-fn apply_choice(user: &mut UserState, mut choice: Choice) -> bool {
+pub(crate) fn apply_choice(canon: &mut Canonical, mut choice: Choice) -> bool {
     let now = unix_millis();
-    let current = user.choice.as_ref().map(|(_, at)| *at);
+    let current = canon.choice.as_ref().map(|(_, at)| *at);
     let chosen_at = choice
         .chosen_at
         .unwrap_or_else(|| now.max(current.map_or(0, |c| c.saturating_add(1))));
@@ -1202,13 +1478,83 @@ fn apply_choice(user: &mut UserState, mut choice: Choice) -> bool {
         choice.status.message = None;
         choice.status.message_expires_at = None;
     }
-    user.choice = Some((choice.status, chosen_at));
+    canon.choice = Some((choice.status, chosen_at));
     true
+}
+
+/// The contributions of the user's sessions on this node.
+fn contributions_of(state: &HubState, user: &UserState) -> Vec<Contribution> {
+    user.sessions
+        .iter()
+        .filter_map(|k| state.sessions.get(k))
+        .map(|s| Contribution {
+            auto: s.auto.clone(),
+            focus: s.focus.clone(),
+        })
+        .collect()
+}
+
+/// Recomputes what a user shows (protocol section 6.1) from their choice and the contributions of all their
+/// sessions (on every node), and the times that go with it: `since` moves when the availability does,
+/// `last_active_at` to `active_at` when given. `now` is Unix ms. Returns whether the shown presence changed.
+pub(crate) fn recompute(
+    canon: &mut Canonical,
+    contributions: &[Contribution],
+    active_at: Option<u64>,
+    now: u64,
+) -> bool {
+    let shown = if contributions.is_empty() {
+        Shown::offline()
+    } else {
+        aggregate(canon.choice.as_ref().map(|(s, _)| s), contributions)
+    };
+    let (previous_since, previous_last_active) = (canon.since, canon.last_active_at);
+    if let Some(at) = active_at {
+        canon.last_active_at = Some(at);
+    }
+    let changed = !canon.seen || shown != canon.shown;
+    if changed {
+        let was = canon.shown.availability;
+        if shown.availability == Availability::Invisible && was != Availability::Invisible {
+            if !canon.seen || was == Availability::Offline {
+                // Connecting invisibly: watchers keep exactly the offline record they had.
+                canon.invisible_since = previous_since;
+                canon.invisible_last_active = previous_last_active;
+            } else {
+                canon.invisible_since = Some(now);
+                canon.invisible_last_active = Some(now);
+            }
+        }
+        if was == Availability::Invisible && shown.availability == Availability::Offline {
+            // An invisible user who leaves was already offline for watchers: nothing may move.
+            canon.since = canon.invisible_since;
+            canon.last_active_at = canon.invisible_last_active;
+        } else if !canon.seen || shown.availability != was {
+            canon.since = Some(now);
+        }
+        if shown.availability != Availability::Invisible {
+            canon.invisible_since = None;
+            canon.invisible_last_active = None;
+        }
+        if canon.last_active_at.is_none() {
+            canon.last_active_at = Some(now);
+        }
+        canon.seen = true;
+        canon.shown = shown;
+    }
+    changed
+}
+
+/// The user's last session ended (on every node) at `last_inbound_at` (Unix ms, when its last frame arrived):
+/// the choice lasts only while the user has a session.
+pub(crate) fn end_of_sessions(canon: &mut Canonical, last_inbound_at: u64) {
+    canon.choice = None;
+    canon.last_active_at = Some(canon.last_active_at.unwrap_or(0).max(last_inbound_at));
 }
 
 /// The precedence of protocol section 6.1: the user-wide choice and the sessions' automatic states, and the
 /// focus contexts of all sessions.
-fn aggregate(choice: Option<&Status>, sessions: &[&SessionState]) -> Shown {
+fn aggregate(choice: Option<&Status>, sessions: &[Contribution]) -> Shown {
     let choice = choice.cloned().unwrap_or_default();
     // At most MAX_FOCUS_CONTEXTS, so that a record always fits in a frame however many devices a user has.
     let focus: Vec<String> = sessions
@@ -1257,24 +1603,15 @@ mod tests {
         }
     }
 
-    fn session(auto: Auto) -> SessionState {
-        SessionState {
-            public_id: String::new(),
-            user_id: "u".into(),
-            conn: None,
-            generation: 1,
-            auto,
-            focus: None,
-            watching: HashMap::new(),
-            direct: HashSet::new(),
-            channels: HashSet::new(),
-        }
-    }
-
     fn aggregate_autos(choice: Option<&Status>, autos: &[&Auto]) -> Shown {
-        let sessions: Vec<SessionState> = autos.iter().map(|a| session((*a).clone())).collect();
-        let refs: Vec<&SessionState> = sessions.iter().collect();
-        aggregate(choice, &refs)
+        let sessions: Vec<Contribution> = autos
+            .iter()
+            .map(|a| Contribution {
+                auto: (*a).clone(),
+                focus: None,
+            })
+            .collect();
+        aggregate(choice, &sessions)
     }
 
     #[test]
@@ -1331,7 +1668,7 @@ mod tests {
 
     #[test]
     fn only_newer_choices_win() {
-        let mut user = UserState::new();
+        let mut user = Canonical::default();
         let choice = |availability, at| Choice {
             status: Status::new(availability),
             chosen_at: Some(at),

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+mod cluster;
 mod hub;
 mod session;
 mod sse;
@@ -40,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{AuthError, TokenAuthority};
+pub use cluster::{RedisConfig, StoreError};
 
 /// The read buffer each WebSocket connection starts with, in bytes (it grows for larger frames).
 const READ_BUFFER_BYTES: usize = 8 * 1024;
@@ -89,6 +91,9 @@ pub struct ServerConfig {
     pub websocket: bool,
     /// Serve the HTTP binding ([`SSE_PATH`], protocol section 11). Default `true`.
     pub sse: bool,
+    /// Share presence with other server nodes through Redis; `None` keeps it in this process's memory.
+    /// Default `None`.
+    pub redis: Option<RedisConfig>,
 }
 
 impl ServerConfig {
@@ -111,6 +116,7 @@ impl ServerConfig {
             admin_token: None,
             websocket: true,
             sse: true,
+            redis: None,
         }
     }
 
@@ -132,6 +138,9 @@ pub enum StartError {
     /// The settings contradict each other or the protocol.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The shared store (Redis) could not be reached.
+    #[error("cannot use the shared store: {0}")]
+    Store(#[from] StoreError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -145,7 +154,9 @@ pub enum StartError {
 pub(crate) struct Context {
     config: ServerConfig,
     auth: TokenAuthority,
-    hub: hub::Hub,
+    hub: Arc<hub::Hub>,
+    /// The link to the other nodes, when presence is shared through Redis.
+    cluster: Option<Arc<cluster::Cluster>>,
     /// Cancelled to drain: sessions send goaway and close.
     drain: CancellationToken,
     /// Cancelled to stop at once, as if the process died.
@@ -210,12 +221,26 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
 
     let max_frame_bytes = config.max_frame_bytes;
     let resumable = !config.resume_grace.is_zero();
+    let hub = Arc::new(hub::Hub::new(max_frame_bytes, resumable));
+    let kill = CancellationToken::new();
+    let cluster = match &config.redis {
+        Some(redis) => {
+            if redis.node_ttl < Duration::from_millis(100) {
+                return Err(StartError::Config(
+                    "the node TTL must be at least 100 ms".into(),
+                ));
+            }
+            Some(cluster::Cluster::start(redis.clone(), hub.clone(), kill.clone()).await?)
+        }
+        None => None,
+    };
     let ctx = Arc::new(Context {
         config,
         auth,
-        hub: hub::Hub::new(max_frame_bytes, resumable),
+        hub,
+        cluster,
         drain: CancellationToken::new(),
-        kill: CancellationToken::new(),
+        kill,
         tracker: TaskTracker::new(),
         sse: sse::Connections::default(),
     });
@@ -351,10 +376,14 @@ async fn get_contacts(
     if let Err(refusal) = admin(&ctx, &headers) {
         return refusal.into_response();
     }
-    Json(ContactList {
-        contacts: ctx.hub.contacts(&user),
-    })
-    .into_response()
+    let contacts = match &ctx.cluster {
+        Some(cluster) => match cluster.contacts(&user).await {
+            Ok(contacts) => contacts,
+            Err(e) => return store_unavailable(e),
+        },
+        None => ctx.hub.contacts(&user),
+    };
+    Json(ContactList { contacts }).into_response()
 }
 
 async fn put_contacts(
@@ -371,8 +400,7 @@ async fn put_contacts(
     {
         return refusal.into_response();
     }
-    ctx.hub
-        .set_contacts(&user, list.contacts.into_iter().collect());
+    set_contacts(&ctx, &user, list.contacts.into_iter().collect()).await;
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -391,10 +419,14 @@ async fn get_channel(
     if let Err(refusal) = admin(&ctx, &headers) {
         return refusal.into_response();
     }
-    Json(ChannelMembers {
-        members: ctx.hub.channel_members(&channel),
-    })
-    .into_response()
+    let members = match &ctx.cluster {
+        Some(cluster) => match cluster.channel_members(&channel).await {
+            Ok(members) => members,
+            Err(e) => return store_unavailable(e),
+        },
+        None => ctx.hub.channel_members(&channel),
+    };
+    Json(ChannelMembers { members }).into_response()
 }
 
 async fn put_channel(
@@ -409,9 +441,68 @@ async fn put_channel(
     {
         return refusal.into_response();
     }
-    ctx.hub
-        .set_channel_members(&channel, body.members.into_iter().collect());
-    StatusCode::NO_CONTENT.into_response()
+    match change_channel(
+        &ctx,
+        &channel,
+        cluster::ChannelChange::Set(body.members.into_iter().collect()),
+    )
+    .await
+    {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => store_unavailable(e),
+    }
+}
+
+/// 503 for an admin request the shared store could not serve.
+fn store_unavailable(e: StoreError) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the shared store is unavailable: {e}"),
+    )
+        .into_response()
+}
+
+/// Replaces a user's contacts, in the shared store if there is one.
+async fn set_contacts(ctx: &Context, user: &str, contacts: std::collections::BTreeSet<String>) {
+    match &ctx.cluster {
+        Some(cluster) => cluster.set_contacts(user, contacts).await,
+        None => ctx.hub.set_contacts(user, contacts),
+    }
+}
+
+/// Changes a channel's members, in the shared store if there is one.
+async fn change_channel(
+    ctx: &Context,
+    channel: &str,
+    change: cluster::ChannelChange,
+) -> Result<(), StoreError> {
+    if let Some(cluster) = &ctx.cluster {
+        return cluster.change_channel(channel, change).await;
+    }
+    let limit = presently_core::protocol::MAX_CHANNEL_MEMBERS;
+    let mut full = false;
+    ctx.hub.update_channel(channel, |members| match change {
+        cluster::ChannelChange::Set(members) => members,
+        cluster::ChannelChange::Add(user) => {
+            let mut members = members.clone();
+            if members.len() < limit || members.contains(&user) {
+                members.insert(user);
+            } else {
+                full = true;
+            }
+            members
+        }
+        cluster::ChannelChange::Remove(user) => {
+            let mut members = members.clone();
+            members.remove(&user);
+            members
+        }
+    });
+    if full {
+        Err(StoreError::ChannelFull)
+    } else {
+        Ok(())
+    }
 }
 
 async fn add_member(
@@ -419,7 +510,7 @@ async fn add_member(
     headers: HeaderMap,
     Path((channel, user)): Path<(String, String)>,
 ) -> Response {
-    change_member(&ctx, &headers, channel, user, true)
+    change_member(&ctx, &headers, channel, user, true).await
 }
 
 async fn remove_member(
@@ -427,10 +518,10 @@ async fn remove_member(
     headers: HeaderMap,
     Path((channel, user)): Path<(String, String)>,
 ) -> Response {
-    change_member(&ctx, &headers, channel, user, false)
+    change_member(&ctx, &headers, channel, user, false).await
 }
 
-fn change_member(
+async fn change_member(
     ctx: &Context,
     headers: &HeaderMap,
     channel: String,
@@ -442,46 +533,52 @@ fn change_member(
     {
         return refusal.into_response();
     }
-    let limit = presently_core::protocol::MAX_CHANNEL_MEMBERS;
-    let mut full = false;
-    ctx.hub.update_channel(&channel, |members| {
-        let mut members = members.clone();
-        if !add {
-            members.remove(&user);
-        } else if members.len() < limit || members.contains(&user) {
-            members.insert(user);
-        } else {
-            full = true;
-        }
-        members
-    });
-    if full {
-        return bad_request("the channel is full".into()).into_response();
+    let change = if add {
+        cluster::ChannelChange::Add(user)
+    } else {
+        cluster::ChannelChange::Remove(user)
+    };
+    match change_channel(ctx, &channel, change).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(StoreError::ChannelFull) => bad_request("the channel is full".into()).into_response(),
+        Err(e) => store_unavailable(e),
     }
-    StatusCode::NO_CONTENT.into_response()
 }
 
 impl RunningServer {
-    /// Replaces a channel's members (as `PUT /v1/admin/channels/{channel}` does).
-    pub fn set_channel_members<I, S>(&self, channel: &str, members: I)
+    /// Replaces a channel's members (as `PUT /v1/admin/channels/{channel}` does); returns once this node
+    /// applied the change (with Redis: once the store has it).
+    pub async fn set_channel_members<I, S>(
+        &self,
+        channel: &str,
+        members: I,
+    ) -> Result<(), StoreError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.ctx
-            .hub
-            .set_channel_members(channel, members.into_iter().map(Into::into).collect());
+        let members = members.into_iter().map(Into::into).collect();
+        change_channel(&self.ctx, channel, cluster::ChannelChange::Set(members)).await
     }
 
-    /// Replaces a user's contact list (as `PUT /v1/admin/users/{user}/contacts` does).
-    pub fn set_contacts<I, S>(&self, user_id: &str, contacts: I)
+    /// Replaces a user's contact list (as `PUT /v1/admin/users/{user}/contacts` does); returns once this node
+    /// applied the change (with Redis: once the store has it).
+    pub async fn set_contacts<I, S>(&self, user_id: &str, contacts: I)
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.ctx
-            .hub
-            .set_contacts(user_id, contacts.into_iter().map(Into::into).collect());
+        set_contacts(
+            &self.ctx,
+            user_id,
+            contacts.into_iter().map(Into::into).collect(),
+        )
+        .await;
+    }
+
+    /// This node's id in the shared store (`None` without Redis).
+    pub fn node_id(&self) -> Option<String> {
+        self.ctx.cluster.as_ref().map(|c| c.node_id().to_owned())
     }
 
     /// The address the server listens on (with the real port when bound to port 0).
@@ -515,6 +612,9 @@ impl RunningServer {
         {
             self.ctx.kill.cancel();
             self.ctx.tracker.wait().await;
+        }
+        if let Some(cluster) = &self.ctx.cluster {
+            cluster.shutdown().await;
         }
         let _ = self.serve.await;
     }

@@ -52,6 +52,16 @@ struct ServeArgs {
     /// Do not serve the HTTP binding (POST + Server-Sent Events).
     #[arg(long)]
     no_sse: bool,
+    /// Share presence with other nodes through this Redis (e.g. redis://127.0.0.1:6379); without it presence
+    /// lives in this process only.
+    #[arg(long, env = "PRESENTLY_REDIS", hide_env_values = true)]
+    redis: Option<String>,
+    /// With --redis: how long a node counts as alive after its last heartbeat to Redis, in milliseconds.
+    #[arg(long, default_value_t = 10_000, requires = "redis")]
+    redis_node_ttl_ms: u64,
+    /// With --redis: the prefix of every Redis key and channel.
+    #[arg(long, default_value = "presently", requires = "redis")]
+    redis_key_prefix: String,
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +128,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.admin_token = args.admin_token;
     config.websocket = !args.no_websocket;
     config.sse = !args.no_sse;
+    config.redis = args.redis.map(|url| {
+        let mut redis = presently_server::RedisConfig::new(url);
+        redis.node_ttl = Duration::from_millis(args.redis_node_ttl_ms);
+        redis.key_prefix = args.redis_key_prefix;
+        redis
+    });
     let server = match start(config).await {
         Ok(server) => server,
         Err(e) => {

@@ -261,6 +261,10 @@ pub(crate) async fn run(mut stream: Incoming, sink: Outgoing, ctx: Arc<Context>,
         auto,
         focus,
     };
+    if let Some(cluster) = &ctx.cluster {
+        // The welcome carries the user's choice and privacy as the other nodes know them.
+        cluster.load_users(std::slice::from_ref(&user_id)).await;
+    }
     let resumed = resume.and_then(
         |Resume {
              session_id,
@@ -641,7 +645,7 @@ impl Connection {
                     last_inbound = Instant::now();
                     last_inbound_at = unix_millis();
                     match message {
-                        FromClient::Text(text) => match self.handle_text(&text) {
+                        FromClient::Text(text) => match self.handle_text(&text).await {
                             Flow::Continue => {}
                             Flow::Bye => break End::Bye,
                             Flow::Drop => break End::Dropped,
@@ -655,7 +659,7 @@ impl Connection {
         (last_inbound_at, end)
     }
 
-    fn handle_text(&mut self, text: &str) -> Flow {
+    async fn handle_text(&mut self, text: &str) -> Flow {
         let limit = self.ctx.config.max_frame_bytes;
         if text.len() > limit {
             self.error(
@@ -722,7 +726,12 @@ impl Connection {
             ClientMessage::Subscribe { users } => {
                 if let Err(e) = protocol::validate_user_list(&users) {
                     self.list_error(e, None);
-                } else if let Some(code) = self.ctx.hub.subscribe(self.session, users) {
+                } else if let Some(code) = {
+                    if let Some(cluster) = &self.ctx.cluster {
+                        cluster.load_users(&users).await;
+                    }
+                    self.ctx.hub.subscribe(self.session, users)
+                } {
                     self.error(
                         code,
                         "this session would watch more than 10000 users; the excess was not added",
@@ -734,6 +743,11 @@ impl Connection {
                 if let Err(e) = protocol::validate_user_list(&channels) {
                     self.list_error(e, None);
                 } else {
+                    if let Some(cluster) = &self.ctx.cluster {
+                        for channel in &channels {
+                            cluster.load_channel(channel).await;
+                        }
+                    }
                     for (channel, code) in self.ctx.hub.subscribe_channels(self.session, channels) {
                         let message = match code {
                             ErrorCode::NotAMember => format!("not a member of channel {channel:?}"),
@@ -775,6 +789,9 @@ impl Connection {
                 } else if let Err(e) = protocol::validate_user_list(&users) {
                     self.list_error(e, Some(reference));
                 } else {
+                    if let Some(cluster) = &self.ctx.cluster {
+                        cluster.load_users(&users).await;
+                    }
                     let users = self.ctx.hub.query(self.session, &users);
                     let limit = self.ctx.config.max_frame_bytes;
                     for part in protocol::split_records(users, limit, |users, more| {

@@ -899,7 +899,7 @@ fn hidden(record: &Value) -> bool {
 #[tokio::test]
 async fn contacts_only_visibility_is_enforced_on_every_path() {
     let server = server_with(admin_config()).await;
-    server.set_contacts("bob", ["friend"]);
+    server.set_contacts("bob", ["friend"]).await;
     let mut bob = Raw::connect(&server).await;
     bob.hello(
         "bob",
@@ -935,10 +935,10 @@ async fn contacts_only_visibility_is_enforced_on_every_path() {
     assert_eq!(friend.update().await["message"], "more secrets");
     nothing_changed(&mut stranger, "no leak").await;
     // Becoming a contact reveals; losing it hides again (with a newer version each time).
-    server.set_contacts("bob", ["friend", "stranger"]);
+    server.set_contacts("bob", ["friend", "stranger"]).await;
     let revealed = stranger.update().await;
     assert_eq!(revealed["message"], "more secrets");
-    server.set_contacts("bob", ["friend"]);
+    server.set_contacts("bob", ["friend"]).await;
     let hidden_again = stranger.update().await;
     assert!(hidden(&hidden_again), "{hidden_again}");
     assert!(hidden_again["version"].as_u64() > revealed["version"].as_u64());
@@ -1126,7 +1126,10 @@ async fn the_admin_api_needs_its_token() {
 #[tokio::test]
 async fn channels_give_a_snapshot_then_updates_joins_and_leaves() {
     let server = server().await;
-    server.set_channel_members("studio", ["alice", "bob", "carol"]);
+    server
+        .set_channel_members("studio", ["alice", "bob", "carol"])
+        .await
+        .expect("channel members set");
     let mut alice = Raw::session(&server, "alice").await;
     let mut bob = Raw::connect(&server).await;
     bob.hello("bob", Some(json!({"availability": "busy"})))
@@ -1165,7 +1168,10 @@ async fn channels_give_a_snapshot_then_updates_joins_and_leaves() {
         .await;
     assert_eq!(alice.update().await["availability"], "away");
     // Joins and leaves.
-    server.set_channel_members("studio", ["alice", "bob", "dave"]);
+    server
+        .set_channel_members("studio", ["alice", "bob", "dave"])
+        .await
+        .expect("channel members set");
     // Who left, then who joined.
     let left = alice.recv().await;
     assert_eq!(left["type"], "channel_members");
@@ -1197,7 +1203,10 @@ async fn channels_give_a_snapshot_then_updates_joins_and_leaves() {
 #[tokio::test]
 async fn privacy_holds_in_channels_too() {
     let server = server().await;
-    server.set_channel_members("team", ["alice", "bob"]);
+    server
+        .set_channel_members("team", ["alice", "bob"])
+        .await
+        .expect("channel members set");
     let mut bob = Raw::session(&server, "bob").await;
     bob.send(json!({"type": "set_privacy", "visibility": "contacts"}))
         .await;
@@ -1226,7 +1235,10 @@ async fn after_a_resume_channels_are_subscribed_afresh() {
     let mut c = config();
     c.resume_grace = Duration::from_secs(10);
     let server = server_with(c).await;
-    server.set_channel_members("studio", ["alice", "bob"]);
+    server
+        .set_channel_members("studio", ["alice", "bob"])
+        .await
+        .expect("channel members set");
     let mut alice = Raw::connect(&server).await;
     let id = alice.hello("alice", None).await["session_id"]
         .as_str()
@@ -1241,7 +1253,10 @@ async fn after_a_resume_channels_are_subscribed_afresh() {
         server.stats().sessions_detached == 1
     })
     .await;
-    server.set_channel_members("studio", ["alice", "bob", "erin"]);
+    server
+        .set_channel_members("studio", ["alice", "bob", "erin"])
+        .await
+        .expect("channel members set");
     let mut alice = Raw::connect(&server).await;
     assert_eq!(
         alice.hello_resume("alice", &id, u64::MAX).await["resumed"],

@@ -10,6 +10,7 @@ use presently::{Client, ClientInfo, ReconnectPolicy};
 use presently_server::{RunningServer, ServerConfig};
 use tokio::time::Instant;
 
+pub mod cluster;
 pub mod fault_proxy;
 mod proxy;
 #[allow(unused_imports)]
