@@ -8,6 +8,10 @@
 //! - `storm`: N connected clients, the server killed and restarted: time until all are back, and how their
 //!   attempts spread (the largest share of attempts in any 100 ms window).
 //!
+//! - `cluster`: the fan-out scenario on several server nodes sharing presence through a `redis-server` child
+//!   process, each client on node `i % nodes`: latency within a node and across nodes, and the status changes
+//!   per second the cluster carried.
+//!
 //! Each prints one line of JSON on stdout.
 
 use std::path::PathBuf;
@@ -56,6 +60,24 @@ enum Harness {
         #[arg(long, default_value_t = 20)]
         duration: u64,
     },
+    /// The fan-out scenario on several nodes sharing presence through Redis.
+    Cluster {
+        /// Server nodes (clients are spread over them round-robin).
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Connected clients.
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        /// Users each client watches (the K after it, wrapping around: half of them on another node).
+        #[arg(long, default_value_t = 4)]
+        watch: usize,
+        /// Status changes per second, across all clients.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+        /// Seconds of steady changes.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
     /// The cost of one connected, idle client.
     Idle {
         /// Seconds to measure.
@@ -96,6 +118,13 @@ fn main() {
                 rate,
                 duration,
             } => fanout(clients, watch, rate, duration).await,
+            Harness::Cluster {
+                nodes,
+                clients,
+                watch,
+                rate,
+                duration,
+            } => cluster(nodes, clients, watch, rate, duration).await,
             Harness::Idle { seconds } => idle(seconds).await,
             Harness::Storm { clients, down_ms } => storm(clients, down_ms).await,
         }
@@ -120,11 +149,17 @@ struct ServerProcess {
 impl ServerProcess {
     /// Starts `presently-server` on 127.0.0.1:`port` and waits until it listens.
     async fn start(port: u16) -> Result<Self> {
+        Self::start_with(port, &[]).await
+    }
+
+    /// Starts `presently-server` on 127.0.0.1:`port` with extra arguments and waits until it listens.
+    async fn start_with(port: u16, args: &[String]) -> Result<Self> {
         let binary = server_binary();
         let mut child = Command::new(&binary)
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .args(args)
             .env("PRESENTLY_SECRET", String::from_utf8_lossy(SECRET).as_ref())
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -359,6 +394,197 @@ async fn fanout(count: usize, watch: usize, rate: u64, duration: u64) -> Result<
         client.close().await;
     }
     server.kill().await;
+    Ok(report)
+}
+
+/// A `redis-server` child process on loopback, without persistence.
+struct RedisProcess {
+    child: Child,
+    port: u16,
+}
+
+impl RedisProcess {
+    async fn start() -> Result<Self> {
+        let port = free_port().await?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                format!("cannot start redis-server (install Debian's redis-server): {e}")
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                return Err("redis-server did not start".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(RedisProcess { child, port })
+    }
+
+    fn rss(&self) -> u64 {
+        self.child
+            .id()
+            .map_or(0, |pid| rss_of(&format!("/proc/{pid}/status")))
+    }
+}
+
+async fn cluster(
+    nodes: usize,
+    count: usize,
+    watch: usize,
+    rate: u64,
+    duration: u64,
+) -> Result<serde_json::Value> {
+    if nodes < 2 || watch == 0 || watch >= count {
+        return Err(
+            "--nodes must be at least 2, --watch at least 1 and less than --clients".into(),
+        );
+    }
+    let authority = tokens()?;
+    let redis = RedisProcess::start().await?;
+    let args = vec![
+        "--redis".to_owned(),
+        format!("redis://127.0.0.1:{}", redis.port),
+    ];
+    let mut servers = Vec::new();
+    for _ in 0..nodes {
+        servers.push(ServerProcess::start_with(free_port().await?, &args).await?);
+    }
+    // Client i connects to node i % nodes.
+    let mut clients: Vec<Option<Client>> = (0..count).map(|_| None).collect();
+    for (n, server) in servers.iter().enumerate() {
+        let mine: Vec<usize> = (n..count).step_by(nodes).collect();
+        for batch in mine.chunks(200) {
+            let built: Vec<Client> = batch
+                .iter()
+                .map(|&i| client(&server.url(), &authority, &user(i)))
+                .collect::<Result<_>>()?;
+            let connected = futures_util::future::join_all(built.iter().map(|c| c.connect())).await;
+            for outcome in connected {
+                outcome.map_err(|e| format!("a client did not connect: {e}"))?;
+            }
+            for (&i, c) in batch.iter().zip(built) {
+                clients[i] = Some(c);
+            }
+        }
+    }
+    let clients: Vec<Client> = clients.into_iter().flatten().collect();
+    let origin = Instant::now();
+    // Latencies of watchers on the node of the user who changed, and on another node.
+    let same = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let across = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let received = Arc::new(AtomicU64::new(0));
+    for (i, client) in clients.iter().enumerate() {
+        let mut events = client.events();
+        let (same, across, received) = (same.clone(), across.clone(), received.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let Event::PresenceChanged { current, .. } = event else {
+                    continue;
+                };
+                let Some(sent) = current
+                    .message
+                    .as_deref()
+                    .and_then(|m| m.strip_prefix('t'))
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let micros = (origin.elapsed().as_nanos() as u64).saturating_sub(sent) / 1_000;
+                let Some(j) = current
+                    .user_id
+                    .strip_prefix('u')
+                    .and_then(|n| n.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                let bucket = if j % nodes == i % nodes {
+                    &same
+                } else {
+                    &across
+                };
+                if let Ok(mut all) = bucket.lock() {
+                    all.push(micros);
+                }
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        client
+            .subscribe((1..=watch).map(|k| user((i + k) % count)))
+            .map_err(|e| e.to_string())?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !clients.iter().all(|c| c.roster().len() >= watch) {
+        if Instant::now() > deadline {
+            return Err("snapshots did not arrive within 120 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let total = rate * duration;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut rng = rand::rng();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while sent < total {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+        while sent < due {
+            let who = rng.random_range(0..count);
+            let availability = if sent.is_multiple_of(2) {
+                Availability::Busy
+            } else {
+                Availability::Away
+            };
+            let stamp = origin.elapsed().as_nanos() as u64;
+            clients[who]
+                .set_status(Status::new(availability).with_message(format!("t{stamp}")))
+                .map_err(|e| e.to_string())?;
+            sent += 1;
+        }
+    }
+    let sending_s = started.elapsed().as_secs_f64();
+    let expected = total * watch as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered_s = started.elapsed().as_secs_f64();
+    let sorted = |v: &Arc<Mutex<Vec<u64>>>| -> Result<Vec<u64>> {
+        let mut all = v.lock().map_err(|_| "poisoned")?.clone();
+        all.sort_unstable();
+        Ok(all)
+    };
+    let (same, across) = (sorted(&same)?, sorted(&across)?);
+    let received = received.load(Ordering::Relaxed);
+    let report = json!({
+        "harness": "cluster",
+        "nodes": nodes,
+        "clients": count,
+        "watch": watch,
+        "rate": rate,
+        "duration_s": duration,
+        "changes": sent,
+        "changes_per_s": (sent as f64 / sending_s).round(),
+        "expected": expected,
+        "received": received,
+        "deliveries_per_s": (received as f64 / delivered_s).round(),
+        "same_node": { "count": same.len(), "p50_us": percentile(&same, 50.0), "p99_us": percentile(&same, 99.0), "max_us": same.last().copied().unwrap_or(0) },
+        "across_nodes": { "count": across.len(), "p50_us": percentile(&across, 50.0), "p99_us": percentile(&across, 99.0), "max_us": across.last().copied().unwrap_or(0) },
+        "server_rss_bytes": servers.iter().map(ServerProcess::rss).collect::<Vec<_>>(),
+        "redis_rss_bytes": redis.rss(),
+    });
+    for client in &clients {
+        client.close().await;
+    }
+    for server in servers {
+        server.kill().await;
+    }
     Ok(report)
 }
 
