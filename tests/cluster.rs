@@ -5,6 +5,8 @@ mod support;
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use presently::{Activity, Availability, Presence, Privacy, Status, Visibility};
 use support::cluster::*;
 use support::*;
@@ -394,4 +396,101 @@ async fn changes_made_while_redis_is_away_arrive_when_it_is_back() {
     })
     .await;
     assert!(is_connected(&alice) && is_connected(&bob));
+}
+
+#[tokio::test]
+async fn draining_a_node_moves_its_clients_without_an_offline_blip() {
+    let redis = Redis::start().await;
+    let node1 = start_node(&redis).await;
+    let node2 = start_node(&redis).await;
+    let balancer = LoadBalancer::start(vec![node1.local_addr(), node2.local_addr()]).await;
+    // The balancer's first connection goes to node 1.
+    let alice = client_for(&balancer.ws_url(), &token(&node1, "alice"), "alice");
+    alice
+        .connect()
+        .await
+        .expect("connects through the balancer");
+    alice
+        .set_status(Status::new(Availability::Busy).with_message("mixing"))
+        .unwrap();
+    let bob = connected_client(&node2, "bob").await;
+    bob.subscribe(["alice"]).unwrap();
+    until(&bob, "alice busy", |c| {
+        shows(c, "alice", Availability::Busy, "mixing")
+    })
+    .await;
+    let mut seen = bob.events();
+    let first_session = alice.session().map(|s| s.session_id);
+
+    node1.shutdown().await;
+    until(&alice, "alice on node 2", |c| {
+        is_connected(c) && c.session().map(|s| s.session_id) != first_session
+    })
+    .await;
+    alice
+        .set_status(Status::new(Availability::Away).with_message("moved"))
+        .unwrap();
+    until(&bob, "alice's change from node 2", |c| {
+        shows(c, "alice", Availability::Away, "moved")
+    })
+    .await;
+    // Past the drained node's TTL: its leftovers are reaped, alice stays.
+    tokio::time::sleep(NODE_TTL * 2).await;
+    assert!(shows(&bob, "alice", Availability::Away, "moved"));
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(10), seen.next()).await {
+        if let presently::Event::PresenceChanged { current, .. } = event {
+            assert_ne!(
+                current.availability,
+                Availability::Offline,
+                "watchers saw alice offline while she moved: {current:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_sse_client_on_one_node_and_websocket_clients_on_others_see_the_same_truth() {
+    use presently::TransportPolicy;
+    let redis = Redis::start().await;
+    let nodes = [
+        start_node(&redis).await,
+        start_node(&redis).await,
+        start_node(&redis).await,
+    ];
+    let mut clients = Vec::new();
+    for (i, (user, policy)) in [
+        ("alice", TransportPolicy::SseOnly),
+        ("bob", TransportPolicy::WebSocketOnly),
+        ("carol", TransportPolicy::Auto),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let client = presently::Client::builder(nodes[i].ws_url())
+            .token(token(&nodes[i], user))
+            .transport(policy)
+            .liveness_grace(GRACE)
+            .build()
+            .unwrap();
+        client.connect().await.unwrap();
+        client.subscribe(["alice", "bob", "carol"]).unwrap();
+        clients.push((user, client));
+    }
+    let statuses = [Availability::Busy, Availability::Away, Availability::Online];
+    for ((user, client), availability) in clients.iter().zip(statuses) {
+        client
+            .set_status(Status::new(availability).with_message(format!("{user} here")))
+            .unwrap();
+    }
+    for (_, watcher) in &clients {
+        until(watcher, "everyone's status from three nodes", |c| {
+            clients
+                .iter()
+                .zip(statuses)
+                .all(|((user, _), availability)| {
+                    shows(c, user, availability, &format!("{user} here"))
+                })
+        })
+        .await;
+    }
 }

@@ -341,18 +341,15 @@ impl Cluster {
         }
     }
 
-    /// Writes the last changes, removes this node from the store and stops (a graceful shutdown).
+    /// Writes the last changes and stops (a graceful shutdown). The node's liveness key is left to expire: the
+    /// contributions of the sessions it drained keep their users online while the clients reconnect to other
+    /// nodes, and are reaped after the node TTL.
     pub(crate) async fn shutdown(&self) {
         let deadline = tokio::time::Instant::now() + REDIS_TIMEOUT;
         while self.link.outstanding.load(Ordering::SeqCst) > 0
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let conn = self.conn.borrow().clone();
-        if let Some(mut conn) = conn {
-            // Other nodes reap what is left of this node's contributions right away.
-            let _: Result<(), _> = timed(conn.del(self.keys.node(&self.node_id))).await;
         }
         self.stop.cancel();
     }
@@ -561,7 +558,7 @@ impl Cluster {
     /// Makes the changes `ops` to `user` in the store, retrying on conflicts and while Redis is away.
     async fn write(&self, user: &str, ops: &[Op]) {
         let mut wait = Duration::from_millis(20);
-        while !self.kill.is_cancelled() {
+        while !self.kill.is_cancelled() && !self.stop.is_cancelled() {
             let Some(mut conn) = self.connection(Duration::from_secs(1)).await else {
                 continue;
             };

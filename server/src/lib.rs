@@ -1,8 +1,8 @@
 //! # presently-server
 //!
-//! The reference server for Presently protocol v1 (`docs/protocol.md`): in-memory presence, sessions with TTL
-//! expiry of silent clients, fan-out to watchers, queries, HS256 token authentication and a graceful shutdown
-//! that sends `goaway`.
+//! The reference server for Presently protocol v1 (`docs/protocol.md`): presence in memory or shared by several
+//! nodes through Redis ([`ServerConfig::redis`], `docs/cluster.md`), sessions with TTL expiry of silent clients,
+//! fan-out to watchers, queries, HS256 token authentication and a graceful shutdown that sends `goaway`.
 //!
 //! It runs as the `presently-server` binary or in-process:
 //!

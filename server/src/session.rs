@@ -337,6 +337,10 @@ enum End {
 fn finish(ctx: &Arc<Context>, attached: &Attached, end: End, last_inbound_at: u64) {
     let grace = ctx.config.resume_grace;
     match end {
+        // With several nodes, a draining node leaves its sessions' part of their users' presence in the shared
+        // store: the clients reconnect to other nodes within moments, and what is left expires with this
+        // node's liveness key, so that watchers see no offline blip while clients move.
+        End::ServerStopping if ctx.cluster.is_some() => {}
         End::Bye | End::ServerStopping => {
             ctx.hub
                 .leave(attached.key, attached.generation, last_inbound_at)

@@ -136,10 +136,11 @@ impl LoadBalancer {
                 let _ = inbound.set_nodelay(true);
                 let (nodes, next) = (nodes.clone(), next.clone());
                 tokio::spawn(async move {
+                    // The first connection goes to the first node, the next to the second, and so on.
                     let start = {
                         let mut next = next.lock().unwrap();
                         *next += 1;
-                        *next
+                        *next - 1
                     };
                     for i in 0..nodes.len() {
                         let node = nodes[(start + i) % nodes.len()];
