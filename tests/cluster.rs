@@ -178,7 +178,10 @@ async fn channels_contacts_and_privacy_hold_across_nodes() {
         availability(c, "alice") == Some(Availability::Offline)
     })
     .await;
-    node2.set_contacts("alice", ["bob"]).await;
+    node2
+        .set_contacts("alice", ["bob"])
+        .await
+        .expect("contacts set");
     until(&bob, "alice visible to her contact", |c| {
         availability(c, "alice") == Some(Availability::Online)
     })
@@ -493,4 +496,42 @@ async fn an_sse_client_on_one_node_and_websocket_clients_on_others_see_the_same_
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_redis_is_taken_for_dead_then_writes_its_sessions_again() {
+    let redis = Redis::start().await;
+    // Node 1 reaches Redis through a proxy that can cut it off (a partition).
+    let link = support::fault_proxy::FaultProxy::start(redis.addr()).await;
+    let node1 = start_node_with_url(&format!("redis://{}", link.addr)).await;
+    let node2 = start_node(&redis).await;
+    let alice = connected_client(&node1, "alice").await;
+    alice
+        .set_status(Status::new(Availability::Busy).with_message("still here"))
+        .unwrap();
+    let bob = connected_client(&node2, "bob").await;
+    bob.subscribe(["alice"]).unwrap();
+    until(&bob, "alice busy", |c| {
+        shows(c, "alice", Availability::Busy, "still here")
+    })
+    .await;
+
+    // Cut off, node 1 stops refreshing its liveness key: node 2 takes it for dead and ends its sessions.
+    link.update(|f| f.black_hole = true);
+    until(&bob, "alice offline while node 1 is cut off", |c| {
+        availability(c, "alice") == Some(Availability::Offline)
+    })
+    .await;
+    // The link comes back (its connections were lost): node 1 reconnects and writes its sessions again, so alice is
+    // back as she was, though her client never noticed anything.
+    link.heal();
+    link.reset_connections();
+    until(&bob, "alice busy again", |c| {
+        shows(c, "alice", Availability::Busy, "still here")
+    })
+    .await;
+    assert!(is_connected(&alice));
+    let id = node1.node_id().expect("a node id");
+    let registered = redis.cli(&["HKEYS", "presently:nodes"]);
+    assert!(registered.lines().any(|n| n.trim() == id), "{registered}");
 }

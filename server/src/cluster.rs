@@ -97,6 +97,9 @@ pub enum StoreError {
     /// Redis refused or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The node is not connected to Redis at the moment.
+    #[error("not connected to redis")]
+    Unavailable,
     /// Redis did not answer in time.
     #[error("redis did not answer within {0} ms")]
     Timeout(u128),
@@ -112,7 +115,8 @@ const LOAD_BATCH: usize = 1_000;
 
 /// The optimistic write of a user's presence (see the module documentation and `docs/cluster.md`).
 /// KEYS: user hash, this node's user set. ARGV: expected revision, state, this node's field, its contribution
-/// (empty: none), user id, bus channel, fields of dead nodes to delete...
+/// (empty: none), user id, bus channel, then pairs of a dead node's field and its liveness key: the field is
+/// deleted only if the key is still gone (a node that came back keeps what it wrote).
 const WRITE_USER: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
 if cur ~= tonumber(ARGV[1]) then return '' end
@@ -127,7 +131,9 @@ else
   redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
   redis.call('SADD', KEYS[2], ARGV[5])
 end
-for i = 7, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 7, #ARGV, 2 do
+  if redis.call('EXISTS', ARGV[i + 1]) == 0 then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
 redis.call('PUBLISH', ARGV[6], '{"user":' .. cjson.encode(ARGV[5]) .. ',"rev":' .. revs .. ',"state":' .. ARGV[2] .. '}')
 return revs
 "#;
@@ -161,8 +167,10 @@ if #joined == 0 and #left == 0 then return 0 end
 local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
 local t = redis.call('TIME')
 local rev = math.max(prev + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
-redis.call('SET', KEYS[2], string.format('%.0f', rev))
-redis.call('PUBLISH', ARGV[3], cjson.encode({channel = ARGV[4], prev = prev, rev = rev, joined = joined, left = left}))
+local revs = string.format('%.0f', rev)
+redis.call('SET', KEYS[2], revs)
+-- Revisions go as strings: Redis's JSON encoder keeps only 14 significant digits of a number.
+redis.call('PUBLISH', ARGV[3], cjson.encode({channel = ARGV[4], prev = string.format('%.0f', prev), rev = revs, joined = joined, left = left}))
 return rev
 "#;
 
@@ -171,6 +179,14 @@ const RESTORE_CHANNEL: &str = r#"
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 for i = 2, #ARGV do redis.call('SADD', KEYS[1], ARGV[i]) end
 redis.call('SET', KEYS[2], ARGV[1])
+return 1
+"#;
+
+/// Forgets a reaped node, unless it came back. KEYS: its liveness key, its user set, the node list. ARGV: its id.
+const FORGET_NODE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 "#;
 
@@ -261,6 +277,7 @@ pub(crate) struct Cluster {
     write_user: redis::Script,
     change_channel: redis::Script,
     restore_channel: redis::Script,
+    forget_node: redis::Script,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -315,6 +332,7 @@ impl Cluster {
             write_user: redis::Script::new(WRITE_USER),
             change_channel: redis::Script::new(CHANGE_CHANNEL),
             restore_channel: redis::Script::new(RESTORE_CHANNEL),
+            forget_node: redis::Script::new(FORGET_NODE),
         });
         hub.use_store(link);
         tokio::spawn(cluster.clone().supervise());
@@ -329,6 +347,11 @@ impl Cluster {
     /// This node's id.
     pub(crate) fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The command connection if Redis is reachable now.
+    fn current_connection(&self) -> Option<MultiplexedConnection> {
+        self.conn.borrow().clone()
     }
 
     /// The command connection, waiting for Redis up to `wait`.
@@ -348,6 +371,7 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + REDIS_TIMEOUT;
         while self.link.outstanding.load(Ordering::SeqCst) > 0
             && tokio::time::Instant::now() < deadline
+            && !self.kill.is_cancelled()
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -367,9 +391,13 @@ impl Cluster {
 
     /// Reads users from the store and adopts them (also those this node had: newer revisions win).
     async fn read_users(&self, users: &[String]) -> Result<(), StoreError> {
-        let Some(mut conn) = self.connection(REDIS_TIMEOUT).await else {
-            return Err(StoreError::Timeout(REDIS_TIMEOUT.as_millis()));
+        // Without Redis now, serve what this node knows rather than keep the session waiting; the replicas are
+        // read again when Redis is back.
+        let Some(mut conn) = self.current_connection() else {
+            return Err(StoreError::Unavailable);
         };
+        // Bus messages that arrive while the read is under way land in the new replicas.
+        self.hub.prepare_users(users);
         for batch in users.chunks(LOAD_BATCH) {
             let mut pipe = redis::pipe();
             for user in batch {
@@ -399,6 +427,9 @@ impl Cluster {
     /// Makes sure this node holds `channel`'s members and their presence.
     pub(crate) async fn load_channel(&self, channel: &str) {
         if self.hub.channel_loaded(channel) {
+            // The members' replicas may have been dropped while nobody here watched them.
+            let (_, members) = self.hub.channel_replica(channel);
+            self.load_users(&members).await;
             return;
         }
         if let Err(e) = self.read_channel(channel).await {
@@ -407,22 +438,30 @@ impl Cluster {
     }
 
     async fn read_channel(&self, channel: &str) -> Result<(), StoreError> {
-        let Some(mut conn) = self.connection(REDIS_TIMEOUT).await else {
-            return Err(StoreError::Timeout(REDIS_TIMEOUT.as_millis()));
+        let Some(mut conn) = self.current_connection() else {
+            return Err(StoreError::Unavailable);
         };
-        let (members, rev): (BTreeSet<String>, Option<u64>) = timed(
-            redis::pipe()
-                .atomic()
-                .smembers(self.keys.members(channel))
-                .get(self.keys.channel_rev(channel))
-                .query_async(&mut conn),
-        )
-        .await?;
-        let list: Vec<String> = members.iter().cloned().collect();
-        self.load_users(&list).await;
-        self.hub
-            .apply_channel_members(channel, rev.unwrap_or(0), members);
-        Ok(())
+        self.hub.prepare_channel(channel);
+        // Changes announced while the members are read (and their presence loaded) make the read start over.
+        for _ in 0..10 {
+            let (members, rev): (BTreeSet<String>, Option<u64>) = timed(
+                redis::pipe()
+                    .atomic()
+                    .smembers(self.keys.members(channel))
+                    .get(self.keys.channel_rev(channel))
+                    .query_async(&mut conn),
+            )
+            .await?;
+            let rev = rev.unwrap_or(0);
+            let list: Vec<String> = members.iter().cloned().collect();
+            self.load_users(&list).await;
+            if self.hub.channel_announced(channel) > rev {
+                continue;
+            }
+            self.hub.apply_channel_members(channel, rev, members);
+            return Ok(());
+        }
+        Err(StoreError::Unavailable)
     }
 
     /// The channel's members as the store has them, sorted.
@@ -446,15 +485,23 @@ impl Cluster {
         Ok(canon.contacts.into_iter().collect())
     }
 
-    /// Replaces a user's contacts and waits until the store has them.
-    pub(crate) async fn set_contacts(&self, user: &str, contacts: BTreeSet<String>) {
+    /// Replaces a user's contacts and waits until the store has them. If Redis is away longer than the
+    /// timeout, the change stays queued and this returns an error.
+    pub(crate) async fn set_contacts(
+        &self,
+        user: &str,
+        contacts: BTreeSet<String>,
+    ) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
         self.link.send(Job {
             user: user.to_owned(),
             ops: vec![Op::Contacts(contacts)],
             done: Some(done),
         });
-        let _ = wait.await;
+        match tokio::time::timeout(REDIS_TIMEOUT * 2, wait).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(StoreError::Timeout((REDIS_TIMEOUT * 2).as_millis())),
+        }
     }
 
     /// Changes a channel's members in the store (`set` replaces them, otherwise `user` is added or removed)
@@ -558,13 +605,21 @@ impl Cluster {
     /// Makes the changes `ops` to `user` in the store, retrying on conflicts and while Redis is away.
     async fn write(&self, user: &str, ops: &[Op]) {
         let mut wait = Duration::from_millis(20);
+        let mut conflicts = 0u32;
         while !self.kill.is_cancelled() && !self.stop.is_cancelled() {
             let Some(mut conn) = self.connection(Duration::from_secs(1)).await else {
                 continue;
             };
             match self.try_write(&mut conn, user, ops).await {
                 Ok(true) => return,
-                Ok(false) => continue,
+                Ok(false) => {
+                    // Another node wrote the user meanwhile: again at once, then with a growing pause.
+                    conflicts += 1;
+                    if conflicts > 3 {
+                        let pause = (conflicts * rand::random_range(1..5)).min(100);
+                        tokio::time::sleep(Duration::from_millis(u64::from(pause))).await;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(%user, error = %e, "presence not written yet; retrying");
                     tokio::time::sleep(wait).await;
@@ -695,7 +750,8 @@ impl Cluster {
             .arg(user)
             .arg(self.keys.users_bus());
         for field in &dead_fields {
-            invocation.arg(field);
+            let node = field.strip_prefix("node:").unwrap_or(field);
+            invocation.arg(field).arg(self.keys.node(node));
         }
         let written: String = timed(invocation.invoke_async(conn)).await?;
         let Ok(new_rev) = written.parse::<u64>() else {
@@ -744,14 +800,20 @@ impl Cluster {
         let lost = previous.is_some_and(|p| p != epoch);
         self.heartbeat(&mut conn).await?;
         self.conn.send_replace(Some(conn.clone()));
+        let beat = tokio::spawn(self.clone().beat(conn.clone()));
+        let _abort_beat = AbortOnDrop(beat.abort_handle());
+        let mut beat = beat;
         self.rebuild(lost).await;
-        let mut tick = tokio::time::interval(self.config.node_ttl / 4);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweeps = 0u32;
         loop {
             tokio::select! {
                 _ = self.kill.cancelled() => return Ok(()),
                 _ = self.stop.cancelled() => return Ok(()),
+                ended = &mut beat => {
+                    return match ended {
+                        Ok(Err(e)) => Err(e),
+                        _ => Err(StoreError::Unavailable),
+                    };
+                }
                 message = stream.next() => {
                     let Some(message) = message else {
                         return Err(StoreError::Redis(redis::RedisError::from(std::io::Error::new(
@@ -761,37 +823,64 @@ impl Cluster {
                     };
                     self.on_message(message.get_channel_name(), message.get_payload_bytes()).await;
                 }
-                _ = tick.tick() => {
-                    self.heartbeat(&mut conn).await?;
-                    self.find_dead(&mut conn).await?;
-                    sweeps += 1;
-                    if sweeps == 8 {
-                        sweeps = 0;
-                        self.hub.sweep();
-                    }
-                }
             }
         }
     }
 
     /// Refreshes this node's liveness key and its entry in the node list.
-    async fn heartbeat(&self, conn: &mut MultiplexedConnection) -> Result<(), StoreError> {
+    /// Returns whether the key was still there: if not, this node was taken for dead (a stall, a partition, a
+    /// long Redis outage) and other nodes may have removed its contributions.
+    async fn heartbeat(&self, conn: &mut MultiplexedConnection) -> Result<bool, StoreError> {
         let ttl_ms = u64::try_from(self.config.node_ttl.as_millis()).unwrap_or(u64::MAX);
         let now = unix_millis();
-        let _: () = timed(
+        let (previous,): (Option<String>,) = timed(
             redis::pipe()
                 .cmd("SET")
                 .arg(self.keys.node(&self.node_id))
                 .arg(now)
                 .arg("PX")
                 .arg(ttl_ms)
-                .ignore()
+                .arg("GET")
                 .hset(self.keys.nodes(), &self.node_id, now)
                 .ignore()
                 .query_async(conn),
         )
         .await?;
-        Ok(())
+        Ok(previous.is_some())
+    }
+
+    /// Writes this node's contributions again (after it was taken for dead).
+    fn reassert(&self) {
+        for (user, canon, owned) in self.hub.replicas() {
+            if owned {
+                self.link.send(Job {
+                    user,
+                    ops: vec![Op::Restore { canon, owned: true }],
+                    done: None,
+                });
+            }
+        }
+    }
+
+    /// Refreshes this node's liveness and looks for dead nodes, on its own beat (not behind the bus).
+    async fn beat(self: Arc<Self>, mut conn: MultiplexedConnection) -> Result<(), StoreError> {
+        let mut tick = tokio::time::interval(self.config.node_ttl / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut sweeps = 0u32;
+        loop {
+            tick.tick().await;
+            if !self.heartbeat(&mut conn).await? {
+                tracing::warn!(node = %self.node_id, "this node was taken for dead; writing its sessions again");
+                self.reassert();
+            }
+            self.find_dead(&mut conn).await?;
+            sweeps += 1;
+            if sweeps == 8 {
+                sweeps = 0;
+                self.hub.sweep();
+            }
+        }
     }
 
     /// Finds nodes whose liveness key expired and reaps each once.
@@ -799,7 +888,11 @@ impl Cluster {
         self: &Arc<Self>,
         conn: &mut MultiplexedConnection,
     ) -> Result<(), StoreError> {
-        let nodes: HashMap<String, u64> = timed(conn.hgetall(self.keys.nodes())).await?;
+        let listed: HashMap<String, String> = timed(conn.hgetall(self.keys.nodes())).await?;
+        let nodes: HashMap<String, u64> = listed
+            .into_iter()
+            .map(|(node, at)| (node, at.parse().unwrap_or(0)))
+            .collect();
         let others: Vec<(&String, &u64)> =
             nodes.iter().filter(|(n, _)| **n != self.node_id).collect();
         if others.is_empty() {
@@ -850,15 +943,13 @@ impl Cluster {
             for wait in waits {
                 let _ = wait.await;
             }
-            let _: () = timed(
-                redis::pipe()
-                    .del(self.keys.node_users(&node))
-                    .ignore()
-                    .hdel(self.keys.nodes(), &node)
-                    .ignore()
-                    .query_async(&mut conn),
-            )
-            .await?;
+            let mut forget = self.forget_node.prepare_invoke();
+            forget
+                .key(self.keys.node(&node))
+                .key(self.keys.node_users(&node))
+                .key(self.keys.nodes())
+                .arg(&node);
+            let _: i64 = timed(forget.invoke_async(&mut conn)).await?;
             Ok(())
         }
         .await;
@@ -969,21 +1060,26 @@ impl Cluster {
                     })
                     .unwrap_or_default()
             };
+            let revision = |name: &str| {
+                value
+                    .get(name)
+                    .and_then(|r| r.as_str())
+                    .and_then(|r| r.parse::<u64>().ok())
+            };
             let (Some(name), Some(prev), Some(rev)) = (
                 value.get("channel").and_then(|c| c.as_str()),
-                value.get("prev").and_then(|r| r.as_f64()),
-                value.get("rev").and_then(|r| r.as_f64()),
+                revision("prev"),
+                revision("rev"),
             ) else {
                 tracing::warn!("channel message without channel or revision; ignored");
                 return;
             };
             if !self.hub.channel_loaded(name) {
+                self.hub.announce_channel(name, rev);
                 return;
             }
             let (joined, left) = (list("joined"), list("left"));
             self.load_users(&joined).await;
-            // Revisions are below 2^53, exact in a JSON number.
-            let (prev, rev) = (prev as u64, rev as u64);
             let applied = self
                 .hub
                 .apply_channel_change(name, prev, rev, &joined, &left);
@@ -991,6 +1087,15 @@ impl Cluster {
                 tracing::warn!(channel = %name, error = %e, "cannot read a channel again");
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

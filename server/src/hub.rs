@@ -283,6 +283,8 @@ struct ChannelState {
     /// With a shared store: the store's revision of `members`, and whether they were read from it.
     rev: u64,
     loaded: bool,
+    /// With a shared store, while the members are being read: the newest revision announced meanwhile.
+    announced: u64,
 }
 
 /// The last record a session was sent about a user.
@@ -475,6 +477,43 @@ impl Hub {
         let _ = self.store.set(link);
     }
 
+    /// Makes room for replicas of `users` about to be read from the shared store, so that changes announced
+    /// while the read is under way are kept (the read then only wins if it is newer).
+    pub(crate) fn prepare_users(&self, users: &[String]) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let round = state.sweep_round;
+        for user in users {
+            state
+                .users
+                .entry(user.clone())
+                .or_insert_with(UserState::new)
+                .touched = round;
+        }
+    }
+
+    /// Notes that `channel`'s members are about to be read from the shared store; returns nothing.
+    pub(crate) fn prepare_channel(&self, channel: &str) {
+        self.lock().channels.entry(channel.to_owned()).or_default();
+    }
+
+    /// A change of `channel` to revision `rev` was announced while this node does not hold its members: noted,
+    /// so that a read under way that is older is made again. Returns whether the channel is being read.
+    pub(crate) fn announce_channel(&self, channel: &str, rev: u64) -> bool {
+        match self.lock().channels.get_mut(channel) {
+            Some(c) if !c.loaded => {
+                c.announced = c.announced.max(rev);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The newest revision of `channel` announced while it was being read.
+    pub(crate) fn channel_announced(&self, channel: &str) -> u64 {
+        self.lock().channels.get(channel).map_or(0, |c| c.announced)
+    }
+
     /// Of `users`, those whose canonical presence this node has not read from the shared store.
     pub(crate) fn unloaded_users(&self, users: &[String]) -> Vec<String> {
         let state = self.lock();
@@ -528,6 +567,12 @@ impl Hub {
         }
         user.loaded = true;
         user.rev = rev;
+        let mut canon = canon;
+        if !user.sessions.is_empty() && canon.choice.is_none() {
+            // The store ends a choice only when the user has no session anywhere; with sessions here, that
+            // means other nodes took this one for dead. Keep the choice, which this node writes back.
+            canon.choice.clone_from(&user.canon.choice);
+        }
         if user.canon == canon {
             return None;
         }
@@ -1142,6 +1187,10 @@ impl Hub {
         let state = &mut *guard;
         let entry = state.channels.entry(channel.to_owned()).or_default();
         if let Some(rev) = rev {
+            if entry.loaded && rev < entry.rev {
+                // An older snapshot than what this node has applied already.
+                return;
+            }
             entry.rev = rev;
             entry.loaded = true;
         }

@@ -400,8 +400,10 @@ async fn put_contacts(
     {
         return refusal.into_response();
     }
-    set_contacts(&ctx, &user, list.contacts.into_iter().collect()).await;
-    StatusCode::NO_CONTENT.into_response()
+    match set_contacts(&ctx, &user, list.contacts.into_iter().collect()).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => store_unavailable(e),
+    }
 }
 
 /// The body of `PUT /v1/admin/channels/{channel}`.
@@ -463,10 +465,17 @@ fn store_unavailable(e: StoreError) -> Response {
 }
 
 /// Replaces a user's contacts, in the shared store if there is one.
-async fn set_contacts(ctx: &Context, user: &str, contacts: std::collections::BTreeSet<String>) {
+async fn set_contacts(
+    ctx: &Context,
+    user: &str,
+    contacts: std::collections::BTreeSet<String>,
+) -> Result<(), StoreError> {
     match &ctx.cluster {
         Some(cluster) => cluster.set_contacts(user, contacts).await,
-        None => ctx.hub.set_contacts(user, contacts),
+        None => {
+            ctx.hub.set_contacts(user, contacts);
+            Ok(())
+        }
     }
 }
 
@@ -562,8 +571,8 @@ impl RunningServer {
     }
 
     /// Replaces a user's contact list (as `PUT /v1/admin/users/{user}/contacts` does); returns once this node
-    /// applied the change (with Redis: once the store has it).
-    pub async fn set_contacts<I, S>(&self, user_id: &str, contacts: I)
+    /// applied the change (with Redis: once the store has it, or with an error if Redis stays away).
+    pub async fn set_contacts<I, S>(&self, user_id: &str, contacts: I) -> Result<(), StoreError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -573,7 +582,7 @@ impl RunningServer {
             user_id,
             contacts.into_iter().map(Into::into).collect(),
         )
-        .await;
+        .await
     }
 
     /// This node's id in the shared store (`None` without Redis).

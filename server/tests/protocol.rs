@@ -899,7 +899,10 @@ fn hidden(record: &Value) -> bool {
 #[tokio::test]
 async fn contacts_only_visibility_is_enforced_on_every_path() {
     let server = server_with(admin_config()).await;
-    server.set_contacts("bob", ["friend"]).await;
+    server
+        .set_contacts("bob", ["friend"])
+        .await
+        .expect("contacts set");
     let mut bob = Raw::connect(&server).await;
     bob.hello(
         "bob",
@@ -935,10 +938,16 @@ async fn contacts_only_visibility_is_enforced_on_every_path() {
     assert_eq!(friend.update().await["message"], "more secrets");
     nothing_changed(&mut stranger, "no leak").await;
     // Becoming a contact reveals; losing it hides again (with a newer version each time).
-    server.set_contacts("bob", ["friend", "stranger"]).await;
+    server
+        .set_contacts("bob", ["friend", "stranger"])
+        .await
+        .expect("contacts set");
     let revealed = stranger.update().await;
     assert_eq!(revealed["message"], "more secrets");
-    server.set_contacts("bob", ["friend"]).await;
+    server
+        .set_contacts("bob", ["friend"])
+        .await
+        .expect("contacts set");
     let hidden_again = stranger.update().await;
     assert!(hidden(&hidden_again), "{hidden_again}");
     assert!(hidden_again["version"].as_u64() > revealed["version"].as_u64());

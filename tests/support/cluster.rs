@@ -58,6 +58,11 @@ impl Redis {
         }
     }
 
+    /// The address Redis listens on.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// The URL nodes connect to.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -107,8 +112,17 @@ async fn free_port() -> u16 {
 
 /// Starts a server node at `addr` (port 0: any) sharing presence through `redis`.
 pub async fn start_node_at(redis: &Redis, addr: SocketAddr) -> RunningServer {
+    start_node_at_url(&redis.url(), addr).await
+}
+
+/// Starts a server node on a free port sharing presence through the Redis at `url`.
+pub async fn start_node_with_url(url: &str) -> RunningServer {
+    start_node_at_url(url, "127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn start_node_at_url(url: &str, addr: SocketAddr) -> RunningServer {
     let mut config = server_config(addr);
-    let mut shared = RedisConfig::new(redis.url());
+    let mut shared = RedisConfig::new(url);
     shared.node_ttl = NODE_TTL;
     config.redis = Some(shared);
     presently_server::start(config).await.expect("node starts")
