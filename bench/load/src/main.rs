@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use presently::{Availability, Client, ClientInfo, ConnectionState, Event, Status};
 use presently_server::TokenAuthority;
-use rand::Rng;
+use rand::seq::SliceRandom;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -285,6 +285,37 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Makes `total` status changes at `rate` a second, change `k` at `k / rate` seconds from now, the clients
+/// taking turns in a random order, each change and carrying the instant it was made (ns since `origin`) as its message. Sleeps until the next one is
+/// due, so that the load generator is idle between changes. Returns how many it made.
+async fn steady_changes(clients: &[Client], rate: u64, total: u64, origin: Instant) -> Result<u64> {
+    // Clients take turns in a shuffled order, so that no one changes faster than `rate / clients` a second: a
+    // client over the server's status rate limit would have its intermediate changes superseded (protocol
+    // section 7, rate limit), which would count as lost here.
+    let mut order: Vec<usize> = (0..clients.len()).collect();
+    order.shuffle(&mut rand::rng());
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        tokio::time::sleep_until(started + Duration::from_secs_f64(sent as f64 / rate as f64)).await;
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
+        while sent < due {
+            let who = order[(sent % order.len() as u64) as usize];
+            let availability = if sent.is_multiple_of(2) {
+                Availability::Busy
+            } else {
+                Availability::Away
+            };
+            let stamp = origin.elapsed().as_nanos() as u64;
+            clients[who]
+                .set_status(Status::new(availability).with_message(format!("t{stamp}")))
+                .map_err(|e| e.to_string())?;
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
 async fn fanout(count: usize, watch: usize, rate: u64, duration: u64) -> Result<serde_json::Value> {
     if watch == 0 || watch >= count {
         return Err("--watch must be at least 1 and less than --clients".into());
@@ -344,29 +375,9 @@ async fn fanout(count: usize, watch: usize, rate: u64, duration: u64) -> Result<
     let server_rss_connected = server.rss();
     let own_rss_connected = own_rss();
 
-    // Steady changes: every millisecond, as many as are due.
+    // Steady changes, each at its due instant.
     let total = rate * duration;
-    let started = Instant::now();
-    let mut sent = 0u64;
-    let mut rng = rand::rng();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while sent < total {
-        tick.tick().await;
-        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-        while sent < due {
-            let who = rng.random_range(0..count);
-            let availability = if sent.is_multiple_of(2) {
-                Availability::Busy
-            } else {
-                Availability::Away
-            };
-            let stamp = origin.elapsed().as_nanos() as u64;
-            clients[who]
-                .set_status(Status::new(availability).with_message(format!("t{stamp}")))
-                .map_err(|e| e.to_string())?;
-            sent += 1;
-        }
-    }
+    let sent = steady_changes(&clients, rate, total, origin).await?;
     let expected = total * watch as u64;
     let deadline = Instant::now() + Duration::from_secs(5);
     while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
@@ -528,26 +539,7 @@ async fn cluster(
 
     let total = rate * duration;
     let started = Instant::now();
-    let mut sent = 0u64;
-    let mut rng = rand::rng();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while sent < total {
-        tick.tick().await;
-        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
-        while sent < due {
-            let who = rng.random_range(0..count);
-            let availability = if sent.is_multiple_of(2) {
-                Availability::Busy
-            } else {
-                Availability::Away
-            };
-            let stamp = origin.elapsed().as_nanos() as u64;
-            clients[who]
-                .set_status(Status::new(availability).with_message(format!("t{stamp}")))
-                .map_err(|e| e.to_string())?;
-            sent += 1;
-        }
-    }
+    let sent = steady_changes(&clients, rate, total, origin).await?;
     let sending_s = started.elapsed().as_secs_f64();
     let expected = total * watch as u64;
     let deadline = Instant::now() + Duration::from_secs(10);
