@@ -294,6 +294,19 @@ struct Sent {
     record: Presence,
 }
 
+/// The user's current choice's message expiry, as (choice time, expiry), if it has one and no timer runs for it
+/// yet; marks the timer as started, so that the caller starts the one timer.
+fn claim_message_expiry(state: &mut HubState, user_id: &str) -> Option<(u64, u64)> {
+    let user = state.users.get_mut(user_id)?;
+    let (status, chosen_at) = user.canon.choice.as_ref()?;
+    let (chosen_at, expires_at) = (*chosen_at, status.message_expires_at?);
+    if user.expiry_scheduled == Some(chosen_at) {
+        return None;
+    }
+    user.expiry_scheduled = Some(chosen_at);
+    Some((chosen_at, expires_at))
+}
+
 #[derive(Debug, Default)]
 struct HubState {
     users: HashMap<String, UserState>,
@@ -594,14 +607,7 @@ impl Hub {
         if !local {
             return None;
         }
-        let user = state.users.get_mut(user_id)?;
-        let (status, chosen_at) = user.canon.choice.as_ref()?;
-        let (chosen_at, expires_at) = (*chosen_at, status.message_expires_at?);
-        if user.expiry_scheduled == Some(chosen_at) {
-            return None;
-        }
-        user.expiry_scheduled = Some(chosen_at);
-        Some((chosen_at, expires_at))
+        claim_message_expiry(state, user_id)
     }
 
     /// The replicas of this node, to rebuild a shared store that lost them: each user's canonical presence, and
@@ -936,15 +942,7 @@ impl Hub {
     /// The user's current choice's message expiry, as (choice time, expiry), if it has one and no timer runs for
     /// it yet; the caller starts the one timer.
     pub(crate) fn message_expiry(&self, user_id: &str) -> Option<(u64, u64)> {
-        let mut state = self.lock();
-        let user = state.users.get_mut(user_id)?;
-        let (status, chosen_at) = user.canon.choice.as_ref()?;
-        let (chosen_at, expires_at) = (*chosen_at, status.message_expires_at?);
-        if user.expiry_scheduled == Some(chosen_at) {
-            return None;
-        }
-        user.expiry_scheduled = Some(chosen_at);
-        Some((chosen_at, expires_at))
+        claim_message_expiry(&mut self.lock(), user_id)
     }
 
     /// The message of the choice made at `chosen_at` expired: clear it, if that choice still holds.

@@ -285,6 +285,34 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The user whose change `event` reports and its latency in µs, if it is a change made by the harness: its
+/// message carries the instant it was made, in ns since `origin`.
+fn latency(event: &Event, origin: Instant) -> Option<(&str, u64)> {
+    let Event::PresenceChanged { current, .. } = event else {
+        return None;
+    };
+    let sent = current
+        .message
+        .as_deref()?
+        .strip_prefix('t')?
+        .parse::<u64>()
+        .ok()?;
+    let now = origin.elapsed().as_nanos() as u64;
+    Some((&current.user_id, now.saturating_sub(sent) / 1_000))
+}
+
+/// Waits until every client holds the `watch` records it subscribed to (the snapshots are in), for up to 120 s.
+async fn wait_for_snapshots(clients: &[Client], watch: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !clients.iter().all(|c| c.roster().len() >= watch) {
+        if Instant::now() > deadline {
+            return Err("snapshots did not arrive within 120 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Makes `total` status changes at `rate` a second, change `k` at `k / rate` seconds from now, the clients
 /// taking turns in a random order, each change and carrying the instant it was made (ns since `origin`) as its message. Sleeps until the next one is
 /// due, so that the load generator is idle between changes. Returns how many it made.
@@ -297,7 +325,8 @@ async fn steady_changes(clients: &[Client], rate: u64, total: u64, origin: Insta
     let started = tokio::time::Instant::now();
     let mut sent = 0u64;
     while sent < total {
-        tokio::time::sleep_until(started + Duration::from_secs_f64(sent as f64 / rate as f64)).await;
+        tokio::time::sleep_until(started + Duration::from_secs_f64(sent as f64 / rate as f64))
+            .await;
         let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
         while sent < due {
             let who = order[(sent % order.len() as u64) as usize];
@@ -338,20 +367,9 @@ async fn fanout(count: usize, watch: usize, rate: u64, duration: u64) -> Result<
         let (latencies, received) = (latencies.clone(), received.clone());
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
-                let Event::PresenceChanged { current, .. } = event else {
+                let Some((_, micros)) = latency(&event, origin) else {
                     continue;
                 };
-                // A change made by the harness carries the instant it was made, in ns since `origin`.
-                let Some(sent) = current
-                    .message
-                    .as_deref()
-                    .and_then(|m| m.strip_prefix('t'))
-                    .and_then(|n| n.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                let now = origin.elapsed().as_nanos() as u64;
-                let micros = now.saturating_sub(sent) / 1_000;
                 if let Ok(mut all) = latencies.lock() {
                     all.push(micros);
                 }
@@ -362,14 +380,7 @@ async fn fanout(count: usize, watch: usize, rate: u64, duration: u64) -> Result<
             .subscribe((1..=watch).map(|k| user((i + k) % count)))
             .map_err(|e| e.to_string())?;
     }
-    // Every watcher holds its K records once the snapshots are in.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !clients.iter().all(|c| c.roster().len() >= watch) {
-        if Instant::now() > deadline {
-            return Err("snapshots did not arrive within 120 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_snapshots(&clients, watch).await?;
     let connect_s = connect_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server_rss_connected = server.rss();
@@ -494,20 +505,10 @@ async fn cluster(
         let (same, across, received) = (same.clone(), across.clone(), received.clone());
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
-                let Event::PresenceChanged { current, .. } = event else {
+                let Some((changed, micros)) = latency(&event, origin) else {
                     continue;
                 };
-                let Some(sent) = current
-                    .message
-                    .as_deref()
-                    .and_then(|m| m.strip_prefix('t'))
-                    .and_then(|n| n.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                let micros = (origin.elapsed().as_nanos() as u64).saturating_sub(sent) / 1_000;
-                let Some(j) = current
-                    .user_id
+                let Some(j) = changed
                     .strip_prefix('u')
                     .and_then(|n| n.parse::<usize>().ok())
                 else {
@@ -528,13 +529,7 @@ async fn cluster(
             .subscribe((1..=watch).map(|k| user((i + k) % count)))
             .map_err(|e| e.to_string())?;
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !clients.iter().all(|c| c.roster().len() >= watch) {
-        if Instant::now() > deadline {
-            return Err("snapshots did not arrive within 120 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_snapshots(&clients, watch).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let total = rate * duration;
