@@ -535,3 +535,64 @@ async fn a_node_cut_off_from_redis_is_taken_for_dead_then_writes_its_sessions_ag
     let registered = redis.cli(&["HKEYS", "presently:nodes"]);
     assert!(registered.lines().any(|n| n.trim() == id), "{registered}");
 }
+
+#[tokio::test]
+async fn a_node_whose_liveness_key_vanished_while_its_link_stayed_up_writes_its_sessions_again() {
+    // A node that stalls (a long pause, a frozen VM) keeps its Redis connection but misses its heartbeats: the
+    // others reap it, and when it runs again its next heartbeat finds its liveness key gone. Emulated here by
+    // deleting node 1's key faster than node 1 refreshes it, while both nodes and their links stay up.
+    let redis = Redis::start().await;
+    let (node1, node2) = (start_node(&redis).await, start_node(&redis).await);
+    let alice = connected_client(&node1, "alice").await;
+    alice
+        .set_status(Status::new(Availability::Busy).with_message("still here"))
+        .unwrap();
+    let bob = connected_client(&node2, "bob").await;
+    bob.subscribe(["alice"]).unwrap();
+    until(&bob, "alice busy", |c| {
+        shows(c, "alice", Availability::Busy, "still here")
+    })
+    .await;
+
+    let id = node1.node_id().expect("a node id");
+    let key = format!("presently:node:{id}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deleting = {
+        let (stop, port) = (stop.clone(), redis.addr().port());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "DEL", &key])
+                    .output();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    until(&bob, "alice offline once node 2 reaped node 1", |c| {
+        availability(c, "alice") == Some(Availability::Offline)
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    deleting.join().expect("the deleting thread ends");
+
+    // Node 1's next heartbeat finds its key gone and writes its sessions again: alice is back as she was, though
+    // her client never noticed anything, and she stays so.
+    until(&bob, "alice busy again", |c| {
+        shows(c, "alice", Availability::Busy, "still here")
+    })
+    .await;
+    let steady_until = Instant::now() + 3 * NODE_TTL;
+    while Instant::now() < steady_until {
+        assert!(
+            shows(&bob, "alice", Availability::Busy, "still here"),
+            "alice stays busy once node 1 is back: {:?}",
+            bob.presence("alice")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(is_connected(&alice));
+    let registered = redis.cli(&["HKEYS", "presently:nodes"]);
+    assert!(registered.lines().any(|n| n.trim() == id), "{registered}");
+    let owned = redis.cli(&["SMEMBERS", &format!("presently:node:{id}:users")]);
+    assert!(owned.lines().any(|u| u.trim() == "alice"), "{owned}");
+}
