@@ -313,9 +313,10 @@ async fn wait_for_snapshots(clients: &[Client], watch: usize) -> Result<()> {
     Ok(())
 }
 
-/// Makes `total` status changes at `rate` a second, change `k` at `k / rate` seconds from now, the clients
-/// taking turns in a random order, each change and carrying the instant it was made (ns since `origin`) as its message. Sleeps until the next one is
-/// due, so that the load generator is idle between changes. Returns how many it made.
+/// Makes `total` status changes at `rate` a second, change `k` at `k / rate` seconds from now, the clients taking
+/// turns in a random order; each change carries the instant it was made (ns since `origin`) as its message.
+/// Sleeps until the next one is due, so that the load generator is idle between changes. Returns how many it
+/// made.
 async fn steady_changes(clients: &[Client], rate: u64, total: u64, origin: Instant) -> Result<u64> {
     // Clients take turns in a shuffled order, so that no one changes faster than `rate / clients` a second: a
     // client over the server's status rate limit would have its intermediate changes superseded (protocol
