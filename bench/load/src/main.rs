@@ -301,8 +301,34 @@ fn latency(event: &Event, origin: Instant) -> Option<(&str, u64)> {
     Some((&current.user_id, now.saturating_sub(sent) / 1_000))
 }
 
-/// Waits until every client holds the `watch` records it subscribed to (the snapshots are in), for up to 120 s.
-async fn wait_for_snapshots(clients: &[Client], watch: usize) -> Result<()> {
+/// Client `i` subscribes to the `watch` users after it (wrapping around) and hands every harness change it hears
+/// of to `record` as (its index, the user who changed, latency in µs); returns once every client holds its
+/// records (the snapshots are in, within 120 s), with the count of changes heard so far and from then on.
+async fn watch_and_measure(
+    clients: &[Client],
+    watch: usize,
+    origin: Instant,
+    record: impl Fn(usize, &str, u64) + Send + Sync + 'static,
+) -> Result<Arc<AtomicU64>> {
+    let record = Arc::new(record);
+    let received = Arc::new(AtomicU64::new(0));
+    let count = clients.len();
+    for (i, client) in clients.iter().enumerate() {
+        let mut events = client.events();
+        let (record, received) = (record.clone(), received.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                let Some((changed, micros)) = latency(&event, origin) else {
+                    continue;
+                };
+                record(i, changed, micros);
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        client
+            .subscribe((1..=watch).map(|k| user((i + k) % count)))
+            .map_err(|e| e.to_string())?;
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     while !clients.iter().all(|c| c.roster().len() >= watch) {
         if Instant::now() > deadline {
@@ -310,7 +336,7 @@ async fn wait_for_snapshots(clients: &[Client], watch: usize) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(())
+    Ok(received)
 }
 
 /// Makes `total` status changes at `rate` a second, change `k` at `k / rate` seconds from now, the clients taking
@@ -362,26 +388,15 @@ async fn fanout(count: usize, watch: usize, rate: u64, duration: u64) -> Result<
     let latencies = Arc::new(Mutex::new(Vec::<u64>::with_capacity(
         (rate * duration) as usize * watch,
     )));
-    let received = Arc::new(AtomicU64::new(0));
-    for (i, client) in clients.iter().enumerate() {
-        let mut events = client.events();
-        let (latencies, received) = (latencies.clone(), received.clone());
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                let Some((_, micros)) = latency(&event, origin) else {
-                    continue;
-                };
-                if let Ok(mut all) = latencies.lock() {
-                    all.push(micros);
-                }
-                received.fetch_add(1, Ordering::Relaxed);
+    let received = {
+        let latencies = latencies.clone();
+        watch_and_measure(&clients, watch, origin, move |_, _, micros| {
+            if let Ok(mut all) = latencies.lock() {
+                all.push(micros);
             }
-        });
-        client
-            .subscribe((1..=watch).map(|k| user((i + k) % count)))
-            .map_err(|e| e.to_string())?;
-    }
-    wait_for_snapshots(&clients, watch).await?;
+        })
+        .await?
+    };
     let connect_s = connect_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server_rss_connected = server.rss();
@@ -500,37 +515,26 @@ async fn cluster(
     // Latencies of watchers on the node of the user who changed, and on another node.
     let same = Arc::new(Mutex::new(Vec::<u64>::new()));
     let across = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let received = Arc::new(AtomicU64::new(0));
-    for (i, client) in clients.iter().enumerate() {
-        let mut events = client.events();
-        let (same, across, received) = (same.clone(), across.clone(), received.clone());
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                let Some((changed, micros)) = latency(&event, origin) else {
-                    continue;
-                };
-                let Some(j) = changed
-                    .strip_prefix('u')
-                    .and_then(|n| n.parse::<usize>().ok())
-                else {
-                    continue;
-                };
-                let bucket = if j % nodes == i % nodes {
-                    &same
-                } else {
-                    &across
-                };
-                if let Ok(mut all) = bucket.lock() {
-                    all.push(micros);
-                }
-                received.fetch_add(1, Ordering::Relaxed);
+    let received = {
+        let (same, across) = (same.clone(), across.clone());
+        watch_and_measure(&clients, watch, origin, move |i, changed, micros| {
+            let Some(j) = changed
+                .strip_prefix('u')
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                return;
+            };
+            let bucket = if j % nodes == i % nodes {
+                &same
+            } else {
+                &across
+            };
+            if let Ok(mut all) = bucket.lock() {
+                all.push(micros);
             }
-        });
-        client
-            .subscribe((1..=watch).map(|k| user((i + k) % count)))
-            .map_err(|e| e.to_string())?;
-    }
-    wait_for_snapshots(&clients, watch).await?;
+        })
+        .await?
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let total = rate * duration;
