@@ -833,6 +833,15 @@ async fn storm(count: usize, down_ms: u64) -> Result<serde_json::Value> {
         }
     };
     let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    // How the first attempts spread: a count per 100 ms after the kill (uniform jitter gives a flat histogram).
+    let mut first_per_100ms = Vec::<usize>::new();
+    for t in &first_attempts {
+        let bucket = ((t - killed_at) / 100_000) as usize;
+        if first_per_100ms.len() <= bucket {
+            first_per_100ms.resize(bucket + 1, 0);
+        }
+        first_per_100ms[bucket] += 1;
+    }
     let report = json!({
         "harness": "storm",
         "clients": count,
@@ -845,6 +854,7 @@ async fn storm(count: usize, down_ms: u64) -> Result<serde_json::Value> {
         "attempts": all_attempts.len(),
         "max_share_of_attempts_in_100ms": round3(max_window_share(&all_attempts)),
         "max_share_of_first_attempts_in_100ms": round3(max_window_share(&first_attempts)),
+        "first_attempts_per_100ms": first_per_100ms,
         "reconnect_reasons": reasons.lock().map_err(|_| "poisoned")?.clone(),
     });
     for client in &clients {
