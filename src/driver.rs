@@ -272,14 +272,12 @@ enum Input {
 pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
     let mut connection: Option<Conn> = None;
     let mut opening: Option<Opening> = None;
-    // The activity reading the core has seen last.
-    let mut fed_raw = 0u64;
     let mut recheck: bool;
     loop {
         // Act on everything the core wants, in order: frames, transport commands, events; then the timer.
         let (deadline, shutdown) = {
             let mut inner = shared.lock();
-            shared.feed(&mut inner.core, &mut fed_raw);
+            shared.feed(&mut inner, shared.now());
             if inner.shutdown {
                 let now = shared.now();
                 inner.core.close(now);
@@ -327,7 +325,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             shared.activity.set_wanted(wanted);
             // Activity recorded between `feed` and `set_wanted` saw "not wanted" and woke nobody: look again.
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            recheck = wanted && shared.activity.last_raw() != fed_raw;
+            recheck = wanted && shared.activity.last_raw() != inner.activity_fed;
             let deadline = inner.core.poll_timeout().map(|t| shared.deadline(t));
             (deadline, inner.shutdown)
         };
@@ -355,8 +353,8 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             Input::Wake => {}
             Input::Timeout => {
                 // Activity that arrived since the last look counts before an idle deadline is judged.
-                shared.feed(core, &mut fed_raw);
-                core.handle_timeout(now);
+                shared.feed(&mut inner, now);
+                inner.core.handle_timeout(now);
             }
             Input::Opened(Ok((opened, token))) => {
                 opening = None;

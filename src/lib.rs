@@ -183,6 +183,8 @@ pub(crate) struct Inner {
     core: presently_core::Client,
     queries: HashMap<QueryId, oneshot::Sender<Result<Vec<Presence>, QueryError>>>,
     shutdown: bool,
+    /// The host activity reading (the activity cell's raw clock) the core has seen last.
+    pub(crate) activity_fed: u64,
 }
 
 impl Shared {
@@ -210,13 +212,13 @@ impl Shared {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    /// Hands the latest host activity and the wall clock to the core.
-    pub(crate) fn feed(&self, core: &mut presently_core::Client, fed_raw: &mut u64) {
-        let now = self.now();
+    /// Hands the latest host activity and the wall clock to the core, as of `now`.
+    pub(crate) fn feed(&self, inner: &mut Inner, now: presently_core::Instant) {
+        let core = &mut inner.core;
         core.handle_wall_clock(now, self.unix_ms());
         let raw = self.activity.last_raw();
-        if raw != 0 && raw != *fed_raw {
-            *fed_raw = raw;
+        if raw != 0 && raw != inner.activity_fed {
+            inner.activity_fed = raw;
             // The activity clock and the driver's clock may drift apart over days: re-anchor on every use.
             let activity = &self.activity;
             let skew = i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
@@ -226,13 +228,20 @@ impl Shared {
         }
     }
 
-    /// Runs `f` on the core and wakes the driver to act on its outputs.
+    /// Runs `f` on the core and wakes the driver to act on its outputs. The core first gets the wall clock and
+    /// the host activity as they are now, so that `f` never decides on stale ones (a DND window judged on the
+    /// time of the driver's last wake-up, an idle user who has just moved the mouse), which watchers would see
+    /// as a flip and a flip back.
     fn with_core<R>(
         &self,
         f: impl FnOnce(&mut presently_core::Client, presently_core::Instant) -> R,
     ) -> R {
         let now = self.now();
-        let result = f(&mut self.lock().core, now);
+        let result = {
+            let mut inner = self.lock();
+            self.feed(&mut inner, now);
+            f(&mut inner.core, now)
+        };
         self.wake.notify_one();
         result
     }
@@ -465,6 +474,7 @@ impl ClientBuilder {
                 core,
                 queries: HashMap::new(),
                 shutdown: false,
+                activity_fed: 0,
             }),
             origin,
             activity,
@@ -673,9 +683,7 @@ impl Client {
 
     /// Whether DND is on, why, until when and when it next starts (Unix milliseconds).
     pub fn dnd_state(&self) -> DndState {
-        let shared = self.shared();
-        let now = shared.now();
-        shared.lock().core.dnd_state(now)
+        self.shared().with_core(|core, now| core.dnd_state(now))
     }
 
     /// Replaces the idle and lifecycle settings.
@@ -686,12 +694,13 @@ impl Client {
 
     /// The status watchers see: your choice combined with idle, lifecycle and DND.
     pub fn effective_status(&self) -> Status {
-        self.shared().lock().core.effective_status().clone()
+        self.shared()
+            .with_core(|core, _| core.effective_status().clone())
     }
 
     /// Which rule decided the effective status.
     pub fn status_reason(&self) -> StatusReason {
-        self.shared().lock().core.status_reason()
+        self.shared().with_core(|core, _| core.status_reason())
     }
 
     /// Publishes what this device is looking at (e.g. `"conversation:42"`), or `None`; watchers see it in

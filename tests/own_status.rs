@@ -2,9 +2,14 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use presently::{Availability, Client, ClientInfo, DndSchedule, DndWindow, StatusReason};
+use futures_util::StreamExt;
+use presently::{
+    Availability, Client, ClientInfo, DndSchedule, DndWindow, Event, Status, StatusReason,
+};
 use support::*;
 
 fn availability_and_message(client: &Client, user: &str) -> Option<(Availability, Option<String>)> {
@@ -94,4 +99,146 @@ async fn a_scheduled_window_starts_on_time_and_watchers_see_it() {
     assert_eq!(alice.status_reason(), StatusReason::Dnd);
     let until_ms = state.until.unwrap();
     assert_eq!(until_ms % 86_400_000, 23 * 3_600_000, "until 23:00");
+}
+
+/// The own-status changes the stream holds now or within `for_ms` milliseconds: (availability, message, reason).
+async fn own_changes(
+    events: &mut presently::EventStream,
+    for_ms: u64,
+) -> Vec<(Availability, Option<String>, StatusReason)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(for_ms);
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.next()).await {
+        if let Event::OwnStatusChanged { effective, reason } = event {
+            seen.push((effective.availability, effective.message, reason));
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_dnd_window_is_judged_on_the_wall_clock_of_the_call_not_of_the_drivers_last_wake_up() {
+    // Alice's device clock first reads 01:30 UTC, inside her quiet hours (22:00–07:00); then it is set to
+    // 21:59:59 (a device that slept, a user correcting the clock) just before she turns the schedule on.
+    let server = start_server().await;
+    let skew_ms = Arc::new(AtomicI64::new(0));
+    let to_time_of_day = |target_ms: i64| {
+        let since_midnight = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            % 86_400_000;
+        target_ms - since_midnight
+    };
+    skew_ms.store(to_time_of_day(90 * 60_000), Ordering::Relaxed);
+    let clock = skew_ms.clone();
+    let alice = Client::builder(server.ws_url())
+        .token(token(&server, "alice"))
+        .wall_clock(move || {
+            let skew = clock.load(Ordering::Relaxed);
+            let now = SystemTime::now();
+            if skew >= 0 {
+                now + Duration::from_millis(skew as u64)
+            } else {
+                now - Duration::from_millis(skew.unsigned_abs())
+            }
+        })
+        .build()
+        .unwrap();
+    alice.connect().await.unwrap();
+    let mut events = alice.events();
+    // The driver has been running on the 01:30 clock.
+    alice
+        .set_status(Status::new(Availability::Online).with_message("mixing"))
+        .unwrap();
+    assert_eq!(
+        own_changes(&mut events, 300).await,
+        vec![(
+            Availability::Online,
+            Some("mixing".into()),
+            StatusReason::Manual
+        )]
+    );
+
+    skew_ms.store(to_time_of_day(22 * 3_600_000 - 1_000), Ordering::Relaxed);
+    alice.set_dnd_schedule(Some(
+        DndSchedule::new(
+            "UTC",
+            vec![DndWindow::parse("daily", "22:00", "07:00").unwrap()],
+        )
+        .unwrap()
+        .with_message("Quiet hours")
+        .unwrap(),
+    ));
+    assert!(!alice.dnd_state().active, "the window starts in a second");
+    assert_eq!(
+        own_changes(&mut events, 300).await,
+        vec![],
+        "no busy-and-back flip from judging the window on the old clock"
+    );
+    assert_eq!(
+        own_changes(&mut events, 3_000).await.first(),
+        Some(&(
+            Availability::Busy,
+            Some("Quiet hours".into()),
+            StatusReason::Dnd
+        )),
+        "busy when the window starts"
+    );
+}
+
+#[tokio::test]
+async fn a_status_chosen_while_idle_reaches_watchers_without_an_away_first() {
+    // A plugin user who went idle comes back and picks a status: watchers see the new status, never "away" with
+    // the new message on the way (the server hears about the activity before the choice).
+    let server = start_server().await;
+    let alice = Client::builder(server.ws_url())
+        .token(token(&server, "alice"))
+        .idle_timeout(Some(Duration::from_millis(300)))
+        .idle_warning(None)
+        .build()
+        .unwrap();
+    alice.connect().await.unwrap();
+    let bob = connected_client(&server, "bob").await;
+    let mut seen_by_bob = bob.events();
+    bob.subscribe(["alice"]).unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while alice.status_reason() != StatusReason::Idle {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice never went idle"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until(&bob, "bob sees alice away", |c| {
+        availability_and_message(c, "alice").is_some_and(|(a, _)| a == Availability::Away)
+    })
+    .await;
+    while tokio::time::timeout(Duration::from_millis(100), seen_by_bob.next())
+        .await
+        .is_ok()
+    {}
+
+    alice
+        .set_status(Status::new(Availability::Online).with_message("Bounce done"))
+        .unwrap();
+    let mut seen = Vec::new();
+    // Well within the idle timeout, so that going idle again is not what is seen.
+    let until_ms = tokio::time::Instant::now() + Duration::from_millis(200);
+    while let Ok(Some(event)) = tokio::time::timeout_at(until_ms, seen_by_bob.next()).await {
+        if let Event::PresenceChanged { current, .. } = event {
+            seen.push((current.availability, current.message));
+        }
+    }
+    // "Back" may arrive first as its own update (the activity, with the old choice); "away" may not.
+    assert!(
+        seen.iter()
+            .all(|(availability, _)| *availability == Availability::Online),
+        "what bob saw of alice: {seen:?}"
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&(Availability::Online, Some("Bounce done".to_owned()))),
+        "what bob saw of alice last"
+    );
 }

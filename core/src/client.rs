@@ -640,6 +640,14 @@ impl Client {
             },
             self.automation.unix_ms_at(now),
         )?;
+        // Choosing a status is activity. The server combines the choice with this session's automatic state
+        // (protocol section 6.1): it hears that the user is active before it hears the new choice, so that it
+        // never combines the new choice with an idle state this very call ends (watchers would see away, then
+        // the choice).
+        let changes = self.automation.activity(now, now);
+        if self.current_auto() != self.sent_auto {
+            self.send_auto(now);
+        }
         if self.manual.as_ref() != Some(&status) {
             self.message_expiry = status
                 .message_expires_at
@@ -649,7 +657,6 @@ impl Client {
             self.manual_chosen_at = self.automation.unix_ms_at(now).map(|t| t.max(previous));
             self.send_choice(now);
         }
-        let changes = self.automation.activity(now, now);
         self.apply(
             Changes {
                 recompute: true,

@@ -731,3 +731,43 @@ fn focus_and_privacy_survive_reconnects() {
         h.sent
     );
 }
+
+#[test]
+fn choosing_a_status_while_idle_tells_the_server_about_the_activity_before_the_choice() {
+    // The server combines the choice with the automatic state: the other order would have it combine the new
+    // choice with "idle" for a moment, and watchers would see away before the choice.
+    let mut h = connected_with(automation(Some(5), None), WED_NOON_UTC);
+    h.client
+        .set_status(
+            Status::new(Availability::Busy).with_message("Mixing"),
+            h.now,
+        )
+        .unwrap();
+    forget(&mut h);
+    live(&mut h, 5 * MINUTE);
+    assert_eq!(auto_frames(&h), [("idle".into(), None)]);
+    forget(&mut h);
+
+    h.client
+        .set_status(
+            Status::new(Availability::Online).with_message("Bounce done"),
+            h.now,
+        )
+        .unwrap();
+    h.drain();
+    let kinds: Vec<&str> = h.sent.iter().filter_map(|f| f["type"].as_str()).collect();
+    assert_eq!(kinds, ["set_auto", "set_status"]);
+    assert_eq!(auto_frames(&h), [("active".into(), None)]);
+    assert_eq!(
+        status_frames(&h),
+        [("online".into(), Some("Bounce done".into()))]
+    );
+    assert_eq!(
+        own_changes(&h),
+        [(
+            Availability::Online,
+            Some("Bounce done".into()),
+            StatusReason::Manual
+        )]
+    );
+}

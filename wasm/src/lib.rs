@@ -1164,11 +1164,14 @@ pub struct PresenceClient {
 }
 
 impl PresenceClient {
-    /// Runs `f` on the core at the current time, then acts on its outputs.
+    /// Runs `f` on the core at the current time, then acts on its outputs. The core first gets the wall clock
+    /// as it is now (a tab may have been frozen for hours), so that `f` never judges a DND window on a stale one.
     fn with_core<R>(&self, f: impl FnOnce(&mut core::Client, Instant) -> R) -> R {
         let result = {
             let mut d = self.shared.borrow_mut();
-            f(&mut d.core, now())
+            let t = now();
+            d.core.handle_wall_clock(t, unix_ms());
+            f(&mut d.core, t)
         };
         pump(&self.shared);
         result
@@ -1628,7 +1631,7 @@ impl PresenceClient {
     /// Whether do-not-disturb is on now, until when, and when the schedule next turns it on.
     #[wasm_bindgen(js_name = dndState, unchecked_return_type = "DndState")]
     pub fn dnd_state(&self) -> JsValue {
-        let state = self.shared.borrow().core.dnd_state(now());
+        let state = self.with_core(|core, t| core.dnd_state(t));
         to_js(&JsDndState {
             active: state.active,
             source: state.source.map(|s| match s {
