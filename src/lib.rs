@@ -245,6 +245,33 @@ impl Shared {
         self.wake.notify_one();
         result
     }
+
+    /// Reads from the core as of now, like [`Shared::with_core`], but wakes the driver only when the fresh wall
+    /// clock or activity left it something to do (an event, a frame, an earlier deadline; a later one only
+    /// makes the armed timer fire early, which the core takes as a no-op): a host that polls the status from a
+    /// UI timer costs no wake-ups.
+    fn read_core<R>(
+        &self,
+        f: impl FnOnce(&mut presently_core::Client, presently_core::Instant) -> R,
+    ) -> R {
+        let now = self.now();
+        let (result, changed) = {
+            let mut inner = self.lock();
+            let deadline = inner.core.poll_timeout();
+            self.feed(&mut inner, now);
+            let result = f(&mut inner.core, now);
+            let earlier = match (inner.core.poll_timeout(), deadline) {
+                (Some(next), Some(armed)) => next < armed,
+                (next, armed) => next.is_some() && armed.is_none(),
+            };
+            let changed = inner.core.has_output() || earlier;
+            (result, changed)
+        };
+        if changed {
+            self.wake.notify_one();
+        }
+        result
+    }
 }
 
 /// Settings for a [`Client`]; from [`Client::builder`].
@@ -683,7 +710,7 @@ impl Client {
 
     /// Whether DND is on, why, until when and when it next starts (Unix milliseconds).
     pub fn dnd_state(&self) -> DndState {
-        self.shared().with_core(|core, now| core.dnd_state(now))
+        self.shared().read_core(|core, now| core.dnd_state(now))
     }
 
     /// Replaces the idle and lifecycle settings.
@@ -695,12 +722,12 @@ impl Client {
     /// The status watchers see: your choice combined with idle, lifecycle and DND.
     pub fn effective_status(&self) -> Status {
         self.shared()
-            .with_core(|core, _| core.effective_status().clone())
+            .read_core(|core, _| core.effective_status().clone())
     }
 
     /// Which rule decided the effective status.
     pub fn status_reason(&self) -> StatusReason {
-        self.shared().with_core(|core, _| core.status_reason())
+        self.shared().read_core(|core, _| core.status_reason())
     }
 
     /// Publishes what this device is looking at (e.g. `"conversation:42"`), or `None`; watchers see it in

@@ -1452,6 +1452,12 @@ impl Client {
         self.transmit.pop_front()
     }
 
+    /// Whether outputs wait for the driver: a frame to send, a transport command or an event. A driver that lets
+    /// other threads call into the core can wake itself only when such a call left it something to do.
+    pub fn has_output(&self) -> bool {
+        !self.transmit.is_empty() || !self.transport.is_empty() || !self.events.is_empty()
+    }
+
     /// The next thing the driver must do with the transport.
     pub fn poll_transport(&mut self) -> Option<TransportCommand> {
         self.transport.pop_front()
