@@ -45,8 +45,16 @@ fn polling_the_status_does_not_wake_the_clients_thread() {
         });
     });
     let (client, task) = client_and_task.recv().unwrap();
-    // Let the driver settle: it has nothing to do until a timer minutes away.
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the driver has settled (it has nothing to do until a timer minutes away): no switch in 100 ms.
+    let mut last = voluntary_switches(&task);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = voluntary_switches(&task);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
 
     let before = voluntary_switches(&task);
     for _ in 0..300 {
