@@ -274,6 +274,27 @@ impl Shared {
     }
 }
 
+/// The answer to a query sent with [`Client::send_query`]: resolves to the users' presence, or to
+/// [`Error::Query`] when the server refused the query or the connection dropped first, or to [`Error::Closed`]
+/// when the client was dropped.
+#[must_use = "the query is sent either way; drop the answer only if you do not need it"]
+pub struct QueryAnswer {
+    answer: oneshot::Receiver<Result<Vec<Presence>, QueryError>>,
+}
+
+impl Future for QueryAnswer {
+    type Output = Result<Vec<Presence>, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|received| match received {
+                Ok(result) => result.map_err(Error::Query),
+                Err(_) => Err(Error::Closed),
+            })
+    }
+}
+
 /// Settings for a [`Client`]; from [`Client::builder`].
 #[derive(Clone)]
 pub struct ClientBuilder {
@@ -807,11 +828,20 @@ impl Client {
 
     /// Reads users' presence once without watching them. Needs a connection.
     pub async fn query<S: AsRef<str>>(&self, users: &[S]) -> Result<Vec<Presence>, Error> {
+        self.send_query(users)?.await
+    }
+
+    /// Sends a query now, without waiting: fails at once when not connected or when an id is invalid, and
+    /// otherwise returns the answer to await. The query is under way whether or not the answer is ever
+    /// awaited, and an answer that arrives before it is awaited is kept for it (for callers that must learn
+    /// synchronously that a query started, such as the C library).
+    pub fn send_query<S: AsRef<str>>(&self, users: &[S]) -> Result<QueryAnswer, Error> {
         let (tx, rx) = oneshot::channel();
         let shared = self.shared();
         {
             let now = shared.now();
             let mut inner = shared.lock();
+            shared.feed(&mut inner, now);
             let query_id = inner.core.query(users, now).map_err(|e| match e {
                 QueryError::NotConnected => Error::NotConnected,
                 QueryError::Invalid(v) => Error::InvalidInput(v),
@@ -820,10 +850,7 @@ impl Client {
             inner.queries.insert(query_id, tx);
         }
         shared.wake.notify_one();
-        match rx.await {
-            Ok(result) => result.map_err(Error::Query),
-            Err(_) => Err(Error::Closed),
-        }
+        Ok(QueryAnswer { answer: rx })
     }
 
     /// A hint that the network changed or the app came to the foreground: retry now if waiting, or probe the

@@ -106,6 +106,37 @@ async fn queries_read_presence_once_without_watching() {
     ));
 }
 
+/// The C library sends a query on the host's thread and awaits the answer on its own: an answer that arrives
+/// before anyone awaits it must not be lost (a host thread descheduled at the wrong moment made a query never
+/// complete).
+#[tokio::test]
+async fn a_query_sent_now_keeps_an_answer_that_arrives_before_it_is_awaited() {
+    let server = start_server().await;
+    let never_connected = client_for(&server.ws_url(), &token(&server, "carol"), "carol");
+    assert!(matches!(
+        never_connected.send_query(&["bob"]),
+        Err(Error::NotConnected)
+    ));
+    let alice = connected_client(&server, "alice").await;
+    let _bob = connected_client(&server, "bob").await;
+    let received = alice.stats().frames_received;
+    let answer = alice.send_query(&["bob", "dave"]).unwrap();
+    // Nobody polls `answer` while the query goes out and its answer comes back.
+    let deadline = Instant::now() + PATIENCE;
+    while alice.stats().frames_received == received {
+        assert!(Instant::now() < deadline, "no answer to the query");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let result = answer.await.unwrap();
+    assert_eq!(result.len(), 2, "{result:?}");
+    assert_eq!(result[0].user_id, "bob");
+    assert!(result[1].same_content(&Presence::unknown("dave")));
+    // An answer nobody awaits is simply dropped; the client goes on.
+    drop(alice.send_query(&["bob"]).unwrap());
+    assert_eq!(alice.query(&["dave"]).await.unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn after_a_server_restart_everyone_is_back_with_their_status_and_subscriptions() {
     let server = start_server().await;

@@ -2,10 +2,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{c_char, c_void};
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use presently_sdk::{Activity, Availability, ConnectionState, Status};
@@ -644,17 +642,13 @@ pub unsafe extern "C" fn presently_client_query(
         with_client(client, |c| {
             let query_id = non_null(query_id, "query_id")?;
             let users = user_list(users, count)?;
+            // Sent now, or refused at once (not connected, invalid ids); the answer is awaited on the library's
+            // thread, and one that arrives before that is kept for it.
+            let answer = match c.client.send_query(&users) {
+                Ok(answer) => answer,
+                Err(e) => return sdk(Err(e)),
+            };
             let id = NEXT_QUERY_ID.fetch_add(1, Ordering::Relaxed);
-            let rust_client = c.client.clone();
-            let mut answer = Box::pin(async move { rust_client.query(&users).await });
-            // The first step sends the query or fails at once (not connected, invalid ids): report that now.
-            if let Poll::Ready(result) = answer
-                .as_mut()
-                .poll(&mut Context::from_waker(std::task::Waker::noop()))
-            {
-                // Always a failure: the answer needs the server.
-                return sdk(result.map(|_| ()));
-            }
             *query_id = id;
             let delivery = c.delivery.clone();
             c.runtime.spawn(async move {

@@ -99,15 +99,26 @@ static int settled_thread_count(int expected) {
 /* Drains `client` for up to `ms` until `done` says so; each event goes through `seen`. */
 typedef int (*Seen)(const PresentlyEvent *event, void *state);
 static int drain_until(PresentlyClient *client, Seen seen, void *state, int ms) {
+  /* The last events seen, printed if the wait fails: what the client did get tells why. */
+  char trail[16][96];
+  int seen_count = 0;
   for (int waited = 0; waited <= ms; waited += 10) {
     PresentlyEvent *event = NULL;
     while (presently_client_next_event(client, &event) == PRESENTLY_RESULT_OK) {
+      const char *user = presently_event_user_id(event);
+      snprintf(trail[seen_count % 16], sizeof trail[0], "kind %d user %s state %d query %llu",
+               (int)presently_event_kind(event), user ? user : "-", (int)presently_event_connection_state(event),
+               (unsigned long long)presently_event_query_id(event));
+      seen_count++;
       int done = seen(event, state);
       presently_event_free(event);
       if (done) return 1;
     }
     pause_ms(10);
   }
+  fprintf(stderr, "waited %d ms; client state %d; %d events seen, the last ones:\n", ms,
+          (int)presently_client_state(client), seen_count);
+  for (int i = seen_count > 16 ? seen_count - 16 : 0; i < seen_count; i++) fprintf(stderr, "  %s\n", trail[i % 16]);
   return 0;
 }
 
