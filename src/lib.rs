@@ -236,11 +236,16 @@ impl Shared {
         &self,
         f: impl FnOnce(&mut presently_core::Client, presently_core::Instant) -> R,
     ) -> R {
+        self.with_inner(|inner, now| f(&mut inner.core, now))
+    }
+
+    /// [`Shared::with_core`] for operations that also keep state beside the core (a query's reply channel).
+    fn with_inner<R>(&self, f: impl FnOnce(&mut Inner, presently_core::Instant) -> R) -> R {
         let now = self.now();
         let result = {
             let mut inner = self.lock();
             self.feed(&mut inner, now);
-            f(&mut inner.core, now)
+            f(&mut inner, now)
         };
         self.wake.notify_one();
         result
@@ -837,20 +842,15 @@ impl Client {
     /// synchronously that a query started, such as the C library).
     pub fn send_query<S: AsRef<str>>(&self, users: &[S]) -> Result<QueryAnswer, Error> {
         let (tx, rx) = oneshot::channel();
-        let shared = self.shared();
-        {
-            let now = shared.now();
-            let mut inner = shared.lock();
-            shared.feed(&mut inner, now);
+        self.shared().with_inner(|inner, now| {
             let query_id = inner.core.query(users, now).map_err(|e| match e {
                 QueryError::NotConnected => Error::NotConnected,
                 QueryError::Invalid(v) => Error::InvalidInput(v),
                 other => Error::Query(other),
             })?;
             inner.queries.insert(query_id, tx);
-        }
-        shared.wake.notify_one();
-        Ok(QueryAnswer { answer: rx })
+            Ok(QueryAnswer { answer: rx })
+        })
     }
 
     /// A hint that the network changed or the app came to the foreground: retry now if waiting, or probe the

@@ -66,6 +66,8 @@ fn polling_the_status_does_not_wake_the_clients_thread() {
         let _ = client.status_reason();
         let _ = client.dnd_state();
     }
+    // A wake-up the reads asked for happens within this pause; one later than it would go uncounted, never
+    // make the test fail by chance.
     std::thread::sleep(Duration::from_millis(200));
     let woken = voluntary_switches(&task) - before;
     assert!(
