@@ -137,6 +137,49 @@ async fn devices_on_different_nodes_add_up_to_one_presence() {
 }
 
 #[tokio::test]
+async fn an_idle_user_picking_away_on_one_node_is_seen_once_on_another() {
+    // The automatic state and the choice travel in one `set_status` and one store write: a watcher on another
+    // node sees away with the message, never online in between.
+    let redis = Redis::start().await;
+    let (node1, node2) = (start_node(&redis).await, start_node(&redis).await);
+    let watcher = connected_client(&node1, "watcher").await;
+    let mut seen_by_watcher = watcher.events();
+    watcher.subscribe(["alice"]).unwrap();
+    let alice = presently::Client::builder(node2.ws_url())
+        .token(token(&node2, "alice"))
+        .idle_timeout(Some(Duration::from_millis(300)))
+        .idle_warning(None)
+        .build()
+        .unwrap();
+    alice.connect().await.unwrap();
+    until(&watcher, "alice away (idle)", |c| {
+        availability(c, "alice") == Some(Availability::Away)
+    })
+    .await;
+    while tokio::time::timeout(Duration::from_millis(200), seen_by_watcher.next())
+        .await
+        .is_ok()
+    {}
+
+    alice
+        .set_status(Status::new(Availability::Away).with_message("Lunch"))
+        .unwrap();
+    let mut seen = Vec::new();
+    // Going idle again later changes nothing watchers see (away with the message either way).
+    let until_ms = Instant::now() + Duration::from_millis(800);
+    while let Ok(Some(event)) = tokio::time::timeout_at(until_ms, seen_by_watcher.next()).await {
+        if let presently::Event::PresenceChanged { current, .. } = event {
+            seen.push((current.availability, current.message));
+        }
+    }
+    assert_eq!(
+        seen,
+        [(Availability::Away, Some("Lunch".to_owned()))],
+        "what the watcher saw of alice"
+    );
+}
+
+#[tokio::test]
 async fn channels_contacts_and_privacy_hold_across_nodes() {
     let redis = Redis::start().await;
     let (node1, node2) = (start_node(&redis).await, start_node(&redis).await);

@@ -223,15 +223,51 @@ async fn a_status_chosen_while_idle_reaches_watchers_without_an_away_first() {
             seen.push((current.availability, current.message));
         }
     }
-    // "Back" may arrive first as its own update (the activity, with the old choice); "away" may not.
-    assert!(
-        seen.iter()
-            .all(|(availability, _)| *availability == Availability::Online),
-        "what bob saw of alice: {seen:?}"
-    );
+    // The reference server takes the activity and the choice in one frame (`set_status_auto`): one update.
     assert_eq!(
-        seen.last(),
-        Some(&(Availability::Online, Some("Bounce done".to_owned()))),
-        "what bob saw of alice last"
+        seen,
+        [(Availability::Online, Some("Bounce done".to_owned()))],
+        "what bob saw of alice"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_user_who_picks_away_is_never_seen_back_in_between() {
+    // Idle shows away; picking away with a message must not show her online for a moment (activity first,
+    // then the choice, as two updates): watchers see one change, the message.
+    let server = start_server().await;
+    let alice = Client::builder(server.ws_url())
+        .token(token(&server, "alice"))
+        .idle_timeout(Some(Duration::from_millis(300)))
+        .idle_warning(None)
+        .build()
+        .unwrap();
+    alice.connect().await.unwrap();
+    let bob = connected_client(&server, "bob").await;
+    let mut seen_by_bob = bob.events();
+    bob.subscribe(["alice"]).unwrap();
+    until(&bob, "bob sees alice away", |c| {
+        availability_and_message(c, "alice").is_some_and(|(a, _)| a == Availability::Away)
+    })
+    .await;
+    while tokio::time::timeout(Duration::from_millis(100), seen_by_bob.next())
+        .await
+        .is_ok()
+    {}
+
+    alice
+        .set_status(Status::new(Availability::Away).with_message("Lunch"))
+        .unwrap();
+    let mut seen = Vec::new();
+    let until_ms = tokio::time::Instant::now() + Duration::from_millis(200);
+    while let Ok(Some(event)) = tokio::time::timeout_at(until_ms, seen_by_bob.next()).await {
+        if let Event::PresenceChanged { current, .. } = event {
+            seen.push((current.availability, current.message));
+        }
+    }
+    assert_eq!(
+        seen,
+        [(Availability::Away, Some("Lunch".to_owned()))],
+        "what bob saw of alice"
     );
 }

@@ -34,8 +34,9 @@ use crate::dnd::DndSchedule;
 use crate::own_status::{self, Automation, AutomationConfig, Changes, DndState, StatusReason};
 use crate::protocol::{
     self, Auto, AutoState, Choice, ClientInfo, ClientMessage, DecodeError, ErrorCode,
-    MAX_FRAME_BYTES, MAX_SUBSCRIPTIONS_PER_SESSION, MAX_USERS_PER_REQUEST, PROTOCOL_VERSION,
-    Presence, Privacy, Resume, ServerInfo, ServerMessage, Status, ValidationError,
+    FEATURE_SET_STATUS_AUTO, MAX_FRAME_BYTES, MAX_SUBSCRIPTIONS_PER_SESSION, MAX_USERS_PER_REQUEST,
+    PROTOCOL_VERSION, Presence, Privacy, Resume, ServerInfo, ServerMessage, Status,
+    ValidationError,
 };
 use crate::sse::{SseItem, SseParser};
 use crate::time::Instant;
@@ -454,6 +455,8 @@ pub struct Client {
     sent_auto: Auto,
     /// The automatic state changed after the last `hello` or `set_auto` was sent.
     auto_dirty: bool,
+    /// The current server announced [`FEATURE_SET_STATUS_AUTO`]: a `set_status` may carry the automatic state.
+    status_carries_auto: bool,
     /// After `rate_limited`: when to send the latest choice and automatic state again.
     resend_at: Option<Instant>,
     /// The session to resume on the next attempt, and until when the server keeps it.
@@ -549,6 +552,7 @@ impl Client {
             automation,
             choice_dirty: false,
             sent_auto: Auto::default(),
+            status_carries_auto: false,
             auto_dirty: false,
             resend_at: None,
             resumable: None,
@@ -641,13 +645,10 @@ impl Client {
             self.automation.unix_ms_at(now),
         )?;
         // Choosing a status is activity. The server combines the choice with this session's automatic state
-        // (protocol section 6.1): it hears that the user is active before it hears the new choice, so that it
-        // never combines the new choice with an idle state this very call ends (watchers would see away, then
-        // the choice).
+        // (protocol section 6.1): it hears of both together, or that the user is active before it hears the new
+        // choice, so that it never combines the new choice with an idle state this very call ends (watchers
+        // would see away, then the choice).
         let changes = self.automation.activity(now, now);
-        if self.current_auto() != self.sent_auto {
-            self.send_auto(now);
-        }
         if self.manual.as_ref() != Some(&status) {
             self.message_expiry = status
                 .message_expires_at
@@ -655,8 +656,9 @@ impl Client {
             self.manual = Some(status); // Strictly increasing on this device, so that two choices in one millisecond stay in order.
             let previous = self.manual_chosen_at.map_or(0, |t| t.saturating_add(1));
             self.manual_chosen_at = self.automation.unix_ms_at(now).map(|t| t.max(previous));
-            self.send_choice(now);
+            self.choice_dirty = true;
         }
+        self.send_own_state(now);
         self.apply(
             Changes {
                 recompute: true,
@@ -911,19 +913,40 @@ impl Client {
         })
     }
 
+    /// Tells the server what it has not heard yet of the choice and of this session's automatic state. A server
+    /// with [`FEATURE_SET_STATUS_AUTO`] gets both in one `set_status`, so that its watchers see one update; any
+    /// other gets the automatic state first (protocol section 7, `set_auto`).
+    fn send_own_state(&mut self, now: Instant) {
+        let auto_changed = self.auto_dirty || self.current_auto() != self.sent_auto;
+        if auto_changed && !(self.choice_dirty && self.status_carries_auto) {
+            self.send_auto(now);
+        }
+        if self.choice_dirty {
+            self.send_choice(now);
+        }
+    }
+
     fn send_choice(&mut self, now: Instant) {
         let Some(choice) = self.current_choice() else {
             return;
         };
         if self.link == Link::Connected && self.resend_at.is_none() {
+            let auto = self.current_auto();
+            let carried = (self.status_carries_auto && (self.auto_dirty || auto != self.sent_auto))
+                .then_some(auto);
             self.send(
                 ClientMessage::SetStatus {
                     reference: None,
                     choice,
+                    auto: carried.clone(),
                 },
                 now,
             );
             self.choice_dirty = false;
+            if let Some(auto) = carried {
+                self.sent_auto = auto;
+                self.auto_dirty = false;
+            }
         } else {
             self.choice_dirty = true;
         }
@@ -1430,12 +1453,7 @@ impl Client {
                 }
                 if self.resend_at.is_some_and(|at| now >= at) {
                     self.resend_at = None;
-                    if self.choice_dirty {
-                        self.send_choice(now);
-                    }
-                    if self.auto_dirty {
-                        self.send_auto(now);
-                    }
+                    self.send_own_state(now);
                     self.send_focus(now);
                     self.send_privacy(now);
                 }
@@ -1822,6 +1840,7 @@ impl Client {
                 ping_interval_ms,
                 resumed,
                 choice,
+                features,
             } => {
                 if !matches!(self.link, Link::Handshaking { .. }) {
                     self.stats.unexpected_messages += 1;
@@ -1834,6 +1853,7 @@ impl Client {
                     );
                     return;
                 }
+                self.status_carries_auto = features.iter().any(|f| f == FEATURE_SET_STATUS_AUTO);
                 self.welcome(
                     SessionInfo {
                         session_id,
@@ -2011,12 +2031,7 @@ impl Client {
             self.adopt_choice(choice, now);
         }
         // Changed during the handshake, after hello had gone out.
-        if self.choice_dirty {
-            self.send_choice(now);
-        }
-        if self.auto_dirty || self.current_auto() != self.sent_auto {
-            self.send_auto(now);
-        }
+        self.send_own_state(now);
         self.send_focus(now);
         self.send_privacy(now);
         // Only the difference from what the server has (all of it for a new session).

@@ -10,6 +10,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The protocol version this crate speaks, sent in `hello.protocol` and `welcome.protocol`.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The feature, announced in `welcome.features`, of a server that accepts `auto` in `set_status` and applies it
+/// together with the choice (protocol section 7, `set_status`).
+pub const FEATURE_SET_STATUS_AUTO: &str = "set_status_auto";
 /// The WebSocket subprotocol a client offers and a server selects.
 pub const SUBPROTOCOL: &str = "presently.v1";
 /// The largest message, in bytes of UTF-8, that either side may send.
@@ -575,6 +579,10 @@ pub enum ClientMessage {
         /// The choice.
         #[serde(flatten)]
         choice: Choice,
+        /// This session's automatic state, applied together with the choice; only to a server that announces
+        /// [`FEATURE_SET_STATUS_AUTO`] (others ignore it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auto: Option<Auto>,
     },
     /// Set this session's automatic state.
     SetAuto {
@@ -679,6 +687,9 @@ pub enum ServerMessage {
         /// The user's current explicit choice across their devices, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         choice: Option<Choice>,
+        /// Optional behaviour the server has, such as [`FEATURE_SET_STATUS_AUTO`]; unknown ones are ignored.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     /// The user's explicit choice changed (here or on another device).
     Choice {
@@ -849,6 +860,13 @@ struct Reference {
     reference: Option<String>,
 }
 
+/// The optional `auto` of a `set_status`, whose other fields belong to the flattened choice.
+#[derive(Deserialize)]
+struct AutoMember {
+    #[serde(default)]
+    auto: Option<Auto>,
+}
+
 /// Decodes the frame `text` as the body of one variant: a struct with the variant's fields (the `type` field and
 /// any unknown field are skipped), then builds the variant from it.
 ///
@@ -892,6 +910,7 @@ impl ClientMessage {
             "set_status" => ClientMessage::SetStatus {
                 reference: from_json::<Reference>(text)?.reference,
                 choice: from_json(text)?,
+                auto: from_json::<AutoMember>(text)?.auto,
             },
             "set_auto" => ClientMessage::SetAuto {
                 reference: from_json::<Reference>(text)?.reference,
@@ -963,6 +982,8 @@ impl ServerMessage {
                 resumed: bool,
                 #[serde(default)]
                 choice: Option<Choice>,
+                #[serde(default)]
+                features: Vec<String>,
             }),
             "choice" => variant!(text, ServerMessage::Choice { status: Choice }),
             "privacy" => ServerMessage::Privacy {
@@ -1383,6 +1404,18 @@ mod tests {
                     status: Status::new(Availability::Away),
                     chosen_at: None,
                 },
+                auto: None,
+            },
+            ClientMessage::SetStatus {
+                reference: None,
+                choice: Choice {
+                    status: Status::new(Availability::Busy).with_message("Mixing"),
+                    chosen_at: Some(1_763_794_790_000),
+                },
+                auto: Some(Auto {
+                    state: AutoState::Active,
+                    message: None,
+                }),
             },
             ClientMessage::SetAuto {
                 reference: None,
@@ -1435,6 +1468,7 @@ mod tests {
                     status: Status::new(Availability::Busy),
                     chosen_at: Some(5),
                 }),
+                features: vec![FEATURE_SET_STATUS_AUTO.into(), "something_later".into()],
             },
             ServerMessage::Choice {
                 status: Choice {
@@ -1504,11 +1538,31 @@ mod tests {
                 status: Status::new(Availability::Busy).with_message("m"),
                 chosen_at: None,
             },
+            auto: None,
         };
         assert_eq!(
             set.encode(),
             r#"{"type":"set_status","availability":"busy","message":"m"}"#
         );
+        let together = ClientMessage::SetStatus {
+            reference: None,
+            choice: Choice {
+                status: Status::new(Availability::Away),
+                chosen_at: None,
+            },
+            auto: Some(Auto::default()),
+        };
+        assert_eq!(
+            together.encode(),
+            r#"{"type":"set_status","availability":"away","auto":{"state":"active"}}"#
+        );
+        // A server without the feature reads the same frame as a plain choice (unknown fields are ignored).
+        let ClientMessage::SetStatus { choice, .. } =
+            ClientMessage::decode(&together.encode(), 65_536).expect("decodes")
+        else {
+            panic!("not a set_status");
+        };
+        assert_eq!(choice.status, Status::new(Availability::Away));
         let presence = ServerMessage::Presence {
             user: Presence::unknown("dave"),
         };

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use presently_core::protocol::ServerMessage;
+use presently_core::protocol::{ErrorCode, FEATURE_SET_STATUS_AUTO, ServerMessage};
 use presently_core::{
     Activity, AutomationConfig, Availability, ClientConfig, DndSchedule, DndSource, DndWindow,
     Event, Instant, Status, StatusReason,
@@ -770,4 +770,101 @@ fn choosing_a_status_while_idle_tells_the_server_about_the_activity_before_the_c
             StatusReason::Manual
         )]
     );
+}
+
+/// A connected client whose server announces `set_status_auto` (`set_status` may carry the automatic state).
+fn connected_to_a_server_taking_auto_with_status(config: ClientConfig, unix_ms: u64) -> Harness {
+    let mut h = Harness::with_config(config, 1);
+    h.server_features = vec![FEATURE_SET_STATUS_AUTO.to_owned()];
+    h.client.handle_wall_clock(h.now, unix_ms);
+    h.client.connect(h.now);
+    h.drain();
+    h.open_transport();
+    h.welcome();
+    forget(&mut h);
+    h
+}
+
+#[test]
+fn choosing_a_status_while_idle_sends_one_frame_with_both_to_a_server_that_takes_them_together() {
+    // The server applies the automatic state and the choice together: watchers get one update, never "back"
+    // in between (an idle user picking away would otherwise go away, online, away).
+    let mut h =
+        connected_to_a_server_taking_auto_with_status(automation(Some(5), None), WED_NOON_UTC);
+    live(&mut h, 5 * MINUTE);
+    assert_eq!(auto_frames(&h), [("idle".into(), None)]);
+    forget(&mut h);
+
+    h.client
+        .set_status(Status::new(Availability::Away).with_message("Lunch"), h.now)
+        .unwrap();
+    h.drain();
+    assert_eq!(h.sent_types(), ["set_status"], "one frame: {:?}", h.sent);
+    assert_eq!(h.sent[0]["availability"], "away");
+    assert_eq!(h.sent[0]["message"], "Lunch");
+    assert_eq!(h.sent[0]["auto"], serde_json::json!({ "state": "active" }));
+    forget(&mut h);
+
+    // The server has heard of the activity: more of it sends nothing, and a choice while active carries no
+    // automatic state.
+    h.advance(1_000);
+    h.client.handle_activity(h.now, h.now);
+    h.client
+        .set_status(Status::new(Availability::Busy), h.now)
+        .unwrap();
+    h.drain();
+    assert_eq!(h.sent_types(), ["set_status"]);
+    assert!(h.sent[0].get("auto").is_none(), "{:?}", h.sent[0]);
+}
+
+#[test]
+fn picking_the_status_already_chosen_while_idle_still_sends_only_the_activity() {
+    let mut h =
+        connected_to_a_server_taking_auto_with_status(automation(Some(5), None), WED_NOON_UTC);
+    h.client
+        .set_status(Status::new(Availability::Busy), h.now)
+        .unwrap();
+    live(&mut h, 5 * MINUTE);
+    forget(&mut h);
+    h.client
+        .set_status(Status::new(Availability::Busy), h.now)
+        .unwrap();
+    h.drain();
+    assert_eq!(h.sent_types(), ["set_auto"]);
+    assert_eq!(auto_frames(&h), [("active".into(), None)]);
+}
+
+#[test]
+fn after_rate_limited_the_latest_choice_and_automatic_state_go_in_one_frame() {
+    let mut h =
+        connected_to_a_server_taking_auto_with_status(automation(Some(5), None), WED_NOON_UTC);
+    live(&mut h, 5 * MINUTE);
+    forget(&mut h);
+    h.receive(ServerMessage::Error {
+        code: ErrorCode::RateLimited,
+        message: "slow down".into(),
+        fatal: false,
+        reference: None,
+        retry_after_ms: Some(500),
+    });
+    h.client
+        .set_status(Status::new(Availability::Away).with_message("2"), h.now)
+        .unwrap();
+    h.drain();
+    assert!(
+        h.sent.is_empty(),
+        "nothing until the delay has passed: {:?}",
+        h.sent
+    );
+    h.advance(500);
+    // (The refused update may have been any of them: the focus and privacy are sent again too.)
+    assert!(auto_frames(&h).is_empty(), "{:?}", h.sent);
+    let statuses: Vec<_> = h
+        .sent
+        .iter()
+        .filter(|f| f["type"] == "set_status")
+        .collect();
+    assert_eq!(statuses.len(), 1, "{:?}", h.sent);
+    assert_eq!(statuses[0]["message"], "2");
+    assert_eq!(statuses[0]["auto"]["state"], "active");
 }

@@ -292,6 +292,7 @@ fn without_a_resume_grace_the_move_waits_for_the_next_reconnect() {
         ping_interval_ms: None,
         resumed: false,
         choice: None,
+        features: Vec::new(),
     });
     let opens = h.opens;
     keep_alive(&mut h, 3_600_000);

@@ -918,12 +918,23 @@ impl Hub {
     }
 
     /// Applies a validated explicit choice from a session.
-    pub(crate) fn set_choice(&self, key: u64, choice: Choice) {
+    /// Applies a validated choice from a session and, when the `set_status` carried one, the session's automatic
+    /// state with it: watchers get one update for both (protocol section 7, `set_status`).
+    pub(crate) fn set_choice(&self, key: u64, choice: Choice, auto: Option<Auto>) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let Some(user_id) = state.sessions.get(&key).map(|s| s.user_id.clone()) else {
+        let Some(session) = state.sessions.get_mut(&key) else {
             return;
         };
+        let user_id = session.user_id.clone();
+        let auto_changed = match auto {
+            Some(auto) if session.auto != auto => {
+                session.auto = auto;
+                true
+            }
+            _ => false,
+        };
+        // The store reads this node's sessions (their automatic states) when it applies the change.
         if self.to_store(
             &user_id,
             vec![Op::Choice(choice.clone()), Op::Active(unix_millis())],
@@ -933,8 +944,11 @@ impl Hub {
         let Some(user) = state.users.get_mut(&user_id) else {
             return;
         };
-        if apply_choice(&mut user.canon, choice) {
+        let chosen = apply_choice(&mut user.canon, choice);
+        if chosen {
             self.send_choice(state, &user_id);
+        }
+        if chosen || auto_changed {
             self.refresh(state, &user_id, Some(unix_millis()), false);
         }
     }

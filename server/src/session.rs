@@ -245,6 +245,7 @@ pub(crate) async fn run(mut stream: Incoming, sink: Outgoing, ctx: Arc<Context>,
             ping_interval_ms: config.ping_interval.filter(|_| !sse).map(millis),
             resumed,
             choice,
+            features: vec![protocol::FEATURE_SET_STATUS_AUTO.to_owned()],
         }
         .encode()
         .into()
@@ -692,11 +693,18 @@ impl Connection {
                     None,
                 );
             }
-            ClientMessage::SetStatus { reference, choice } => match validate_choice(choice) {
-                Ok(choice) => {
+            ClientMessage::SetStatus {
+                reference,
+                choice,
+                auto,
+            } => match validate_choice(choice).and_then(|choice| {
+                let auto = auto.map(validate_auto).transpose()?;
+                Ok((choice, auto))
+            }) {
+                Ok((choice, auto)) => {
                     if self.allow_update(reference) {
                         let expires = choice.status.message_expires_at.is_some();
-                        self.ctx.hub.set_choice(self.session, choice);
+                        self.ctx.hub.set_choice(self.session, choice, auto);
                         if expires {
                             schedule_message_expiry(&self.ctx, &self.user_id);
                         }

@@ -536,6 +536,56 @@ async fn three_devices_of_one_user_are_aggregated_by_the_documented_rule() {
 }
 
 #[tokio::test]
+async fn a_status_with_the_automatic_state_is_applied_as_one_change() {
+    let server = server().await;
+    let mut watcher = Raw::session(&server, "alice").await;
+    watcher.subscribe(&["bob"]).await;
+    let mut bob = Raw::connect(&server).await;
+    let welcome = bob.hello("bob", None).await;
+    assert_eq!(welcome["features"], json!(["set_status_auto"]), "{welcome}");
+    assert_eq!(watcher.update().await["availability"], "online");
+    bob.send(json!({"type": "set_auto", "state": "idle"})).await;
+    assert_eq!(watcher.update().await["availability"], "away");
+
+    // Back and away with a message at once: one update, never online in between.
+    bob.send(json!({
+        "type": "set_status", "availability": "away", "message": "Lunch", "auto": {"state": "active"}
+    }))
+    .await;
+    let update = watcher.update().await;
+    assert_eq!(
+        (update["availability"].as_str(), update["message"].as_str()),
+        (Some("away"), Some("Lunch"))
+    );
+    // The session is active now: choosing online shows online.
+    bob.send(json!({"type": "set_status", "availability": "online"}))
+        .await;
+    assert_eq!(watcher.update().await["availability"], "online");
+
+    // The automatic state alone, carried by a choice that changes nothing, still counts.
+    bob.send(json!({"type": "set_status", "availability": "online", "auto": {"state": "idle"}}))
+        .await;
+    assert_eq!(watcher.update().await["availability"], "away");
+
+    // An invalid automatic state makes the whole frame invalid: nothing of it is applied.
+    let long = "x".repeat(1_000);
+    bob.send(json!({
+        "type": "set_status", "ref": "bad", "availability": "busy",
+        "auto": {"state": "dnd", "message": long}
+    }))
+    .await;
+    let error = bob.recv().await;
+    assert_eq!(
+        (error["code"].as_str(), error["ref"].as_str()),
+        (Some("invalid_status"), Some("bad")),
+        "{error}"
+    );
+    watcher.send(json!({"type": "ping", "ref": "w"})).await;
+    let frame = watcher.recv().await;
+    assert_eq!(frame["ref"], "w", "nothing changed for watchers: {frame}");
+}
+
+#[tokio::test]
 async fn versions_keep_increasing_across_a_restart() {
     let server = server().await;
     let addr = server.local_addr();

@@ -33,6 +33,8 @@ pub struct Harness {
     /// What `welcome` announces as `ping_interval_ms`: how often the server sends WebSocket pings (none by
     /// default, so that the client's own heartbeat is what the tests see).
     pub server_ping_ms: Option<u64>,
+    /// What `welcome` announces as `features` (none by default: a server of the version's baseline).
+    pub server_features: Vec<String>,
 }
 
 impl Harness {
@@ -52,6 +54,7 @@ impl Harness {
             sessions: 0,
             timer_fires: 0,
             server_ping_ms: None,
+            server_features: Vec::new(),
         }
     }
 
@@ -138,6 +141,7 @@ impl Harness {
             ping_interval_ms: self.server_ping_ms,
             resumed,
             choice,
+            features: self.server_features.clone(),
         });
     }
 
