@@ -145,33 +145,23 @@ async fn an_idle_user_picking_away_on_one_node_is_seen_once_on_another() {
     let watcher = connected_client(&node1, "watcher").await;
     let mut seen_by_watcher = watcher.events();
     watcher.subscribe(["alice"]).unwrap();
-    let alice = presently::Client::builder(node2.ws_url())
-        .token(token(&node2, "alice"))
-        .idle_timeout(Some(Duration::from_millis(300)))
-        .idle_warning(None)
-        .build()
-        .unwrap();
-    alice.connect().await.unwrap();
+    let alice = idle_prone_client(
+        &node2.ws_url(),
+        &token(&node2, "alice"),
+        Duration::from_millis(300),
+    )
+    .await;
     until(&watcher, "alice away (idle)", |c| {
         availability(c, "alice") == Some(Availability::Away)
     })
     .await;
-    while tokio::time::timeout(Duration::from_millis(200), seen_by_watcher.next())
-        .await
-        .is_ok()
-    {}
+    settle(&mut seen_by_watcher, Duration::from_millis(200)).await;
 
     alice
         .set_status(Status::new(Availability::Away).with_message("Lunch"))
         .unwrap();
-    let mut seen = Vec::new();
     // Going idle again later changes nothing watchers see (away with the message either way).
-    let until_ms = Instant::now() + Duration::from_millis(800);
-    while let Ok(Some(event)) = tokio::time::timeout_at(until_ms, seen_by_watcher.next()).await {
-        if let presently::Event::PresenceChanged { current, .. } = event {
-            seen.push((current.availability, current.message));
-        }
-    }
+    let seen = presence_changes_within(&mut seen_by_watcher, Duration::from_millis(800)).await;
     assert_eq!(
         seen,
         [(Availability::Away, Some("Lunch".to_owned()))],

@@ -187,18 +187,18 @@ async fn a_dnd_window_is_judged_on_the_wall_clock_of_the_call_not_of_the_drivers
     );
 }
 
-#[tokio::test]
-async fn a_status_chosen_while_idle_reaches_watchers_without_an_away_first() {
-    // A plugin user who went idle comes back and picks a status: watchers see the new status, never "away" with
-    // the new message on the way (the server hears about the activity before the choice).
+/// Alice goes idle (away) while bob watches her, then picks `status`: what bob sees of her within 200 ms (well
+/// within her 300 ms idle timeout, so that going idle again is not what is seen).
+async fn what_a_watcher_sees_when_an_idle_user_picks(
+    status: Status,
+) -> Vec<(Availability, Option<String>)> {
     let server = start_server().await;
-    let alice = Client::builder(server.ws_url())
-        .token(token(&server, "alice"))
-        .idle_timeout(Some(Duration::from_millis(300)))
-        .idle_warning(None)
-        .build()
-        .unwrap();
-    alice.connect().await.unwrap();
+    let alice = idle_prone_client(
+        &server.ws_url(),
+        &token(&server, "alice"),
+        Duration::from_millis(300),
+    )
+    .await;
     let bob = connected_client(&server, "bob").await;
     let mut seen_by_bob = bob.events();
     bob.subscribe(["alice"]).unwrap();
@@ -207,25 +207,21 @@ async fn a_status_chosen_while_idle_reaches_watchers_without_an_away_first() {
         availability_and_message(c, "alice").is_some_and(|(a, _)| a == Availability::Away)
     })
     .await;
-    while tokio::time::timeout(Duration::from_millis(100), seen_by_bob.next())
-        .await
-        .is_ok()
-    {}
+    settle(&mut seen_by_bob, Duration::from_millis(100)).await;
+    alice.set_status(status).unwrap();
+    presence_changes_within(&mut seen_by_bob, Duration::from_millis(200)).await
+}
 
-    alice
-        .set_status(Status::new(Availability::Online).with_message("Bounce done"))
-        .unwrap();
-    let mut seen = Vec::new();
-    // Well within the idle timeout, so that going idle again is not what is seen.
-    let until_ms = tokio::time::Instant::now() + Duration::from_millis(200);
-    while let Ok(Some(event)) = tokio::time::timeout_at(until_ms, seen_by_bob.next()).await {
-        if let Event::PresenceChanged { current, .. } = event {
-            seen.push((current.availability, current.message));
-        }
-    }
-    // The reference server takes the activity and the choice in one frame (`set_status_auto`): one update.
+#[tokio::test]
+async fn a_status_chosen_while_idle_reaches_watchers_without_an_away_first() {
+    // A plugin user who went idle comes back and picks a status: watchers see the new status, never "away" with
+    // the new message on the way, and not "back" as an update of its own either: the reference server takes
+    // the activity and the choice in one frame (`set_status_auto`).
     assert_eq!(
-        seen,
+        what_a_watcher_sees_when_an_idle_user_picks(
+            Status::new(Availability::Online).with_message("Bounce done")
+        )
+        .await,
         [(Availability::Online, Some("Bounce done".to_owned()))],
         "what bob saw of alice"
     );
@@ -235,38 +231,11 @@ async fn a_status_chosen_while_idle_reaches_watchers_without_an_away_first() {
 async fn an_idle_user_who_picks_away_is_never_seen_back_in_between() {
     // Idle shows away; picking away with a message must not show her online for a moment (activity first,
     // then the choice, as two updates): watchers see one change, the message.
-    let server = start_server().await;
-    let alice = Client::builder(server.ws_url())
-        .token(token(&server, "alice"))
-        .idle_timeout(Some(Duration::from_millis(300)))
-        .idle_warning(None)
-        .build()
-        .unwrap();
-    alice.connect().await.unwrap();
-    let bob = connected_client(&server, "bob").await;
-    let mut seen_by_bob = bob.events();
-    bob.subscribe(["alice"]).unwrap();
-    until(&bob, "bob sees alice away", |c| {
-        availability_and_message(c, "alice").is_some_and(|(a, _)| a == Availability::Away)
-    })
-    .await;
-    while tokio::time::timeout(Duration::from_millis(100), seen_by_bob.next())
-        .await
-        .is_ok()
-    {}
-
-    alice
-        .set_status(Status::new(Availability::Away).with_message("Lunch"))
-        .unwrap();
-    let mut seen = Vec::new();
-    let until_ms = tokio::time::Instant::now() + Duration::from_millis(200);
-    while let Ok(Some(event)) = tokio::time::timeout_at(until_ms, seen_by_bob.next()).await {
-        if let Event::PresenceChanged { current, .. } = event {
-            seen.push((current.availability, current.message));
-        }
-    }
     assert_eq!(
-        seen,
+        what_a_watcher_sees_when_an_idle_user_picks(
+            Status::new(Availability::Away).with_message("Lunch")
+        )
+        .await,
         [(Availability::Away, Some("Lunch".to_owned()))],
         "what bob saw of alice"
     );

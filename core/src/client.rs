@@ -917,8 +917,7 @@ impl Client {
     /// with [`FEATURE_SET_STATUS_AUTO`] gets both in one `set_status`, so that its watchers see one update; any
     /// other gets the automatic state first (protocol section 7, `set_auto`).
     fn send_own_state(&mut self, now: Instant) {
-        let auto_changed = self.auto_dirty || self.current_auto() != self.sent_auto;
-        if auto_changed && !(self.choice_dirty && self.status_carries_auto) {
+        if self.auto_unsent() && !(self.choice_dirty && self.status_carries_auto) {
             self.send_auto(now);
         }
         if self.choice_dirty {
@@ -926,14 +925,18 @@ impl Client {
         }
     }
 
+    /// The server may not hold this session's current automatic state.
+    fn auto_unsent(&self) -> bool {
+        self.auto_dirty || self.current_auto() != self.sent_auto
+    }
+
     fn send_choice(&mut self, now: Instant) {
         let Some(choice) = self.current_choice() else {
             return;
         };
         if self.link == Link::Connected && self.resend_at.is_none() {
-            let auto = self.current_auto();
-            let carried = (self.status_carries_auto && (self.auto_dirty || auto != self.sent_auto))
-                .then_some(auto);
+            let carried =
+                (self.status_carries_auto && self.auto_unsent()).then(|| self.current_auto());
             self.send(
                 ClientMessage::SetStatus {
                     reference: None,

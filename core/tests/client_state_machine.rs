@@ -974,13 +974,7 @@ fn rate_limited_updates_are_resent_once_with_the_latest_state() {
     h.client
         .set_status(Status::new(Availability::Busy), h.now)
         .unwrap();
-    h.receive(ServerMessage::Error {
-        code: ErrorCode::RateLimited,
-        message: "slow down".into(),
-        fatal: false,
-        reference: None,
-        retry_after_ms: Some(500),
-    });
+    h.rate_limited(500);
     h.client
         .set_status(Status::new(Availability::Away).with_message("1"), h.now)
         .unwrap();

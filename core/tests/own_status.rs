@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use presently_core::protocol::{ErrorCode, FEATURE_SET_STATUS_AUTO, ServerMessage};
+use presently_core::protocol::{FEATURE_SET_STATUS_AUTO, ServerMessage};
 use presently_core::{
     Activity, AutomationConfig, Availability, ClientConfig, DndSchedule, DndSource, DndWindow,
     Event, Instant, Status, StatusReason,
@@ -840,13 +840,7 @@ fn after_rate_limited_the_latest_choice_and_automatic_state_go_in_one_frame() {
         connected_to_a_server_taking_auto_with_status(automation(Some(5), None), WED_NOON_UTC);
     live(&mut h, 5 * MINUTE);
     forget(&mut h);
-    h.receive(ServerMessage::Error {
-        code: ErrorCode::RateLimited,
-        message: "slow down".into(),
-        fatal: false,
-        reference: None,
-        retry_after_ms: Some(500),
-    });
+    h.rate_limited(500);
     h.client
         .set_status(Status::new(Availability::Away).with_message("2"), h.now)
         .unwrap();

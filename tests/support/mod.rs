@@ -64,6 +64,39 @@ pub fn client_for(url: &str, token: &str, name: &str) -> Client {
         .expect("client builds")
 }
 
+/// A connected client for `user` against `url` that goes idle (away) after `idle_timeout` without activity, with
+/// no "still there?" warning.
+pub async fn idle_prone_client(url: &str, token: &str, idle_timeout: Duration) -> Client {
+    let client = Client::builder(url)
+        .token(token)
+        .idle_timeout(Some(idle_timeout))
+        .idle_warning(None)
+        .build()
+        .expect("client");
+    client.connect().await.expect("connects");
+    client
+}
+
+/// Drops the events already heard, until none has come for `quiet`.
+pub async fn settle(events: &mut presently::EventStream, quiet: Duration) {
+    while tokio::time::timeout(quiet, events.next()).await.is_ok() {}
+}
+
+/// The (availability, message) of every presence change `events` hears within `window` from now.
+pub async fn presence_changes_within(
+    events: &mut presently::EventStream,
+    window: Duration,
+) -> Vec<(presently::Availability, Option<String>)> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + window;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.next()).await {
+        if let presently::Event::PresenceChanged { current, .. } = event {
+            seen.push((current.availability, current.message));
+        }
+    }
+    seen
+}
+
 pub async fn connected_client(server: &RunningServer, user: &str) -> Client {
     let client = client_for(&server.ws_url(), &token(server, user), user);
     client.connect().await.expect("connects");

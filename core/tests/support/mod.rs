@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use presently_core::protocol::{MAX_FRAME_BYTES, ServerMessage};
+use presently_core::protocol::{ErrorCode, MAX_FRAME_BYTES, ServerMessage};
 use presently_core::{
     Availability, Client, ClientConfig, ConnectionState, Event, Instant, Presence, ServerInfo,
     Transport, TransportCommand,
@@ -110,6 +110,17 @@ impl Harness {
     pub fn receive(&mut self, message: ServerMessage) {
         self.client.handle_frame(&message.encode(), self.now);
         self.drain();
+    }
+
+    /// The server refuses an update as over its rate limit: retry after `retry_after_ms`.
+    pub fn rate_limited(&mut self, retry_after_ms: u64) {
+        self.receive(ServerMessage::Error {
+            code: ErrorCode::RateLimited,
+            message: "slow down".into(),
+            fatal: false,
+            reference: None,
+            retry_after_ms: Some(retry_after_ms),
+        });
     }
 
     pub fn receive_text(&mut self, text: &str) {
