@@ -121,6 +121,17 @@ fn decode_apply(c: &mut Criterion) {
             ))
         })
     });
+    // The serde reference decoder on the same frames, for comparison (clients run the pull reader above).
+    group.bench_function("decode_with_serde", |b| {
+        let mut k = 0;
+        b.iter(|| {
+            k = (k + 1) % POOL;
+            black_box(ServerMessage::decode_with_serde(
+                black_box(&frames[k]),
+                MAX_FRAME_BYTES,
+            ))
+        })
+    });
     group.finish();
 }
 

@@ -22,7 +22,9 @@
 
 pub mod backoff;
 pub mod client;
+mod decode;
 pub mod dnd;
+mod json;
 pub mod own_status;
 pub mod protocol;
 pub mod sse;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use presently_core as core;
 use presently_core::{Instant, TransportCommand};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
@@ -219,8 +219,6 @@ struct JsError {
     fatal: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
 struct Options {
     url: String,
     token: Option<String>,
@@ -238,28 +236,24 @@ struct Options {
     liveness_grace_ms: Option<f64>,
 }
 
-#[derive(Deserialize)]
 struct Window {
     days: String,
     start: String,
     end: String,
 }
 
-#[derive(Deserialize)]
 struct Schedule {
     timezone: String,
     windows: Vec<Window>,
     message: Option<String>,
 }
 
-#[derive(Deserialize)]
 struct Update {
     availability: String,
     message: Option<String>,
     activity: Option<ActivityIn>,
 }
 
-#[derive(Deserialize)]
 struct ActivityIn {
     kind: String,
     detail: Option<String>,
@@ -336,8 +330,8 @@ fn state(s: &core::ConnectionState) -> JsState {
 
 /// A JavaScript value for `value` (plain objects; absent fields are left out).
 ///
-/// Values cross the boundary as JSON text (`JSON.parse` here, `JSON.stringify` in [`from_js`]): the JSON code is
-/// in the module anyway for the protocol, and a second serde format would add a third of the package's size.
+/// Values cross the boundary as JSON text parsed by `JSON.parse`: serde's serializers are small, and a second serde
+/// format would add a third of the package's size.
 fn to_js<T: Serialize>(value: &T) -> JsValue {
     serde_json::to_string(value)
         .ok()
@@ -345,14 +339,129 @@ fn to_js<T: Serialize>(value: &T) -> JsValue {
         .unwrap_or(JsValue::UNDEFINED)
 }
 
-/// The record `T` read from a plain JavaScript object (functions and `undefined` fields are left out), or the
-/// `Error` to throw.
-fn from_js<T: serde::de::DeserializeOwned>(value: &JsValue) -> Result<T, JsValue> {
-    let text = js_sys::JSON::stringify(value)
-        .map_err(|_| invalid("not a plain object (cyclic, or holds a BigInt)"))?
-        .as_string()
-        .ok_or_else(|| invalid("an object is required"))?;
-    serde_json::from_str(&text).map_err(invalid)
+/// A plain JavaScript object given to the API, read field by field: a field that is `undefined` or `null`
+/// counts as absent, and a field of the wrong type is an error that names it.
+struct JsObject<'a> {
+    value: &'a JsValue,
+    /// What the object is, for errors (e.g. `"options"`).
+    what: &'static str,
+}
+
+impl<'a> JsObject<'a> {
+    /// `value` as an object, or the `Error` to throw.
+    fn new(value: &'a JsValue, what: &'static str) -> Result<Self, JsValue> {
+        if value.is_object() {
+            Ok(JsObject { value, what })
+        } else {
+            Err(invalid(format!("{what} must be an object")))
+        }
+    }
+
+    /// The field `name`, unless absent, `undefined` or `null`.
+    fn get(&self, name: &str) -> Option<JsValue> {
+        js_sys::Reflect::get(self.value, &JsValue::from_str(name))
+            .ok()
+            .filter(|v| !v.is_undefined() && !v.is_null())
+    }
+
+    fn wrong_type(&self, name: &str, kind: &str) -> JsValue {
+        invalid(format!("{}.{name} must be {kind}", self.what))
+    }
+
+    /// The string field `name`, if present.
+    fn string(&self, name: &str) -> Result<Option<String>, JsValue> {
+        self.get(name)
+            .map(|v| {
+                v.as_string()
+                    .ok_or_else(|| self.wrong_type(name, "a string"))
+            })
+            .transpose()
+    }
+
+    /// The string field `name`, which must be present.
+    fn required_string(&self, name: &str) -> Result<String, JsValue> {
+        self.string(name)?
+            .ok_or_else(|| invalid(format!("{}.{name} is required", self.what)))
+    }
+
+    /// The number field `name`, if present.
+    fn number(&self, name: &str) -> Result<Option<f64>, JsValue> {
+        self.get(name)
+            .map(|v| v.as_f64().ok_or_else(|| self.wrong_type(name, "a number")))
+            .transpose()
+    }
+}
+
+impl Options {
+    /// The options object given to `new PresenceClient(…)`.
+    fn read(value: &JsValue) -> Result<Self, JsValue> {
+        let o = JsObject::new(value, "options")?;
+        Ok(Options {
+            url: o.required_string("url")?,
+            token: o.string("token")?,
+            app_name: o.string("appName")?,
+            app_version: o.string("appVersion")?,
+            platform: o.string("platform")?,
+            idle_timeout_ms: o.number("idleTimeoutMs")?,
+            idle_warning_ms: o.number("idleWarningMs")?,
+            background_away_ms: o.number("backgroundAwayMs")?,
+            reconnect_base_delay_ms: o.number("reconnectBaseDelayMs")?,
+            reconnect_max_delay_ms: o.number("reconnectMaxDelayMs")?,
+            dnd: o.get("dnd").map(|v| Schedule::read(&v)).transpose()?,
+            transport: o.string("transport")?,
+            fallback_after: o.number("fallbackAfter")?,
+            liveness_grace_ms: o.number("livenessGraceMs")?,
+        })
+    }
+}
+
+impl Schedule {
+    /// A `DndSchedule` object.
+    fn read(value: &JsValue) -> Result<Self, JsValue> {
+        let o = JsObject::new(value, "dnd")?;
+        let windows = o
+            .get("windows")
+            .filter(js_sys::Array::is_array)
+            .ok_or_else(|| o.wrong_type("windows", "an array"))?;
+        let windows = js_sys::Array::from(&windows)
+            .iter()
+            .map(|w| {
+                let w = JsObject::new(&w, "window")?;
+                Ok(Window {
+                    days: w.required_string("days")?,
+                    start: w.required_string("start")?,
+                    end: w.required_string("end")?,
+                })
+            })
+            .collect::<Result<_, JsValue>>()?;
+        Ok(Schedule {
+            timezone: o.required_string("timezone")?,
+            windows,
+            message: o.string("message")?,
+        })
+    }
+}
+
+impl Update {
+    /// A `StatusUpdate` object.
+    fn read(value: &JsValue) -> Result<Self, JsValue> {
+        let o = JsObject::new(value, "status")?;
+        let activity = match o.get("activity") {
+            None => None,
+            Some(v) => {
+                let a = JsObject::new(&v, "activity")?;
+                Some(ActivityIn {
+                    kind: a.required_string("kind")?,
+                    detail: a.string("detail")?,
+                })
+            }
+        };
+        Ok(Update {
+            availability: o.required_string("availability")?,
+            message: o.string("message")?,
+            activity,
+        })
+    }
 }
 
 /// A `PresenceError` object.
@@ -1302,7 +1411,7 @@ impl PresenceClient {
         let get_token = js_sys::Reflect::get(&options, &JsValue::from_str("getToken"))
             .ok()
             .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
-        let parsed: Options = from_js(&options)?;
+        let parsed = Options::read(&options)?;
         if !(parsed.url.starts_with("ws://") || parsed.url.starts_with("wss://")) {
             return Err(invalid(format!(
                 "url must start with ws:// or wss://, not {:?}",
@@ -1460,7 +1569,7 @@ impl PresenceClient {
         &self,
         #[wasm_bindgen(unchecked_param_type = "StatusUpdate")] update: JsValue,
     ) -> Result<(), JsValue> {
-        let update: Update = from_js(&update)?;
+        let update = Update::read(&update)?;
         let availability = match update.availability.as_str() {
             "online" => core::Availability::Online,
             "away" => core::Availability::Away,
@@ -1596,7 +1705,7 @@ impl PresenceClient {
         let schedule = if value.is_undefined() || value.is_null() {
             None
         } else {
-            let parsed: Schedule = from_js(&value)?;
+            let parsed = Schedule::read(&value)?;
             Some(schedule(parsed)?)
         };
         self.with_core(|c, t| c.set_dnd_schedule(schedule, t));

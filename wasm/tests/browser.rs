@@ -58,6 +58,22 @@ fn bad_options_and_input_throw_clear_errors() {
             r#"{"url":"ws://x/v1/ws","token":"t","transport":"carrier-pigeon"}"#,
             "carrier-pigeon",
         ),
+        // Fields of the wrong type, or missing, are named.
+        (r#"{"token":"t"}"#, "options.url is required"),
+        (r#"{"url":5,"token":"t"}"#, "options.url must be a string"),
+        (
+            r#"{"url":"ws://x/v1/ws","token":"t","idleTimeoutMs":"5"}"#,
+            "options.idleTimeoutMs must be a number",
+        ),
+        (
+            r#"{"url":"ws://x/v1/ws","token":"t","dnd":{"timezone":"UTC","windows":{}}}"#,
+            "dnd.windows must be an array",
+        ),
+        (
+            r#"{"url":"ws://x/v1/ws","token":"t","dnd":{"timezone":"UTC","windows":[{"days":"daily","start":"22:00"}]}}"#,
+            "window.end is required",
+        ),
+        ("7", "options must be an object"),
     ] {
         let error = PresenceClient::new(options(json)).err().expect(json);
         let message = message_of(error);
@@ -77,6 +93,23 @@ fn bad_options_and_input_throw_clear_errors() {
             .set_status(options(r#"{"availability":"offline"}"#))
             .is_err()
     );
+    for (json, expected) in [
+        ("\"busy\"", "status must be an object"),
+        (r#"{"message":"m"}"#, "status.availability is required"),
+        (
+            r#"{"availability":"busy","activity":{"detail":"Live"}}"#,
+            "activity.kind is required",
+        ),
+    ] {
+        let message = message_of(client.set_status(options(json)).unwrap_err());
+        assert!(message.contains(expected), "{json}: {message}");
+    }
+    // `null` and absent optional fields are the same.
+    client
+        .set_status(options(
+            r#"{"availability":"busy","message":null,"activity":null}"#,
+        ))
+        .unwrap();
     assert!(client.subscribe(vec![String::new()]).is_err());
     assert!(client.snooze_dnd(0.0, None).is_err());
 }
