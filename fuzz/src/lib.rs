@@ -67,7 +67,8 @@ const WELCOME: &str = r#"{"type":"welcome","protocol":1,"session_id":"s1","user_
 
 /// The client's side: frames from a hostile server fed to a connected sans-IO client, with virtual time moving
 /// between them. The input is split into frames at NUL bytes; each frame's first byte also moves the clock (by
-/// 97 ms per unit). The client's decoder and the serde reference accept the same frames as the same messages;
+/// 97 ms per unit). The client's decoder and the serde reference accept the same frames as the same messages
+/// (serde also takes arrays in place of records, which the client's decoder refuses);
 /// every frame that decodes survives a round trip through `encode`; the same bytes are also
 /// fed as a piece of an HTTP event stream; and the client keeps a timer while it is not closed (it never wedges
 /// waiting for nothing).
@@ -88,12 +89,17 @@ pub fn server_frame(data: &[u8]) {
             client.handle_timeout(now);
         }
         let text = String::from_utf8_lossy(frame);
-        // The pull reader the client runs and the serde reference agree on every frame.
+        // The pull reader the client runs and the serde reference agree on every frame, but for one thing:
+        // serde also takes an array in place of a record (its fields by position), which the protocol does
+        // not allow and the reader refuses.
         let decoded = ServerMessage::decode(&text, MAX_FRAME_BYTES);
         let reference = ServerMessage::decode_with_serde(&text, MAX_FRAME_BYTES);
-        assert_eq!(
-            decoded.as_ref().ok(),
-            reference.as_ref().ok(),
+        let record_as_array = matches!(
+            (&decoded, &reference),
+            (Err(protocol::DecodeError::Malformed(why)), Ok(_)) if why.starts_with("expected an object")
+        );
+        assert!(
+            decoded.as_ref().ok() == reference.as_ref().ok() || record_as_array,
             "decoders disagree on {text:?}: {decoded:?} against {reference:?}"
         );
         if let Ok(message) = decoded
