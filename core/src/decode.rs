@@ -267,25 +267,13 @@ fn activity(r: &mut Reader<'_>) -> Result<Activity> {
 
 /// A record's availability, read leniently: values a later protocol version may add show as online.
 fn lenient_availability(r: &mut Reader<'_>) -> Result<Availability> {
-    Ok(match r.str()?.as_ref() {
-        "away" => Availability::Away,
-        "busy" => Availability::Busy,
-        "offline" => Availability::Offline,
-        "invisible" => Availability::Invisible,
-        _ => Availability::Online,
-    })
+    Ok(Availability::from_wire_lenient(&r.str()?))
 }
 
 /// A chosen availability, read strictly.
 fn availability(r: &mut Reader<'_>) -> Result<Availability> {
-    Ok(match r.str()?.as_ref() {
-        "online" => Availability::Online,
-        "away" => Availability::Away,
-        "busy" => Availability::Busy,
-        "offline" => Availability::Offline,
-        "invisible" => Availability::Invisible,
-        _ => return Err(r.error("unknown availability")),
-    })
+    let name = r.str()?;
+    Availability::from_wire(&name).ok_or_else(|| r.error("unknown availability"))
 }
 
 fn presence(r: &mut Reader<'_>) -> Result<Presence> {

@@ -70,6 +70,24 @@ impl Availability {
             Availability::Invisible => "invisible",
         }
     }
+
+    /// The availability named `name` on the wire, or `None` for a name this version does not know.
+    pub fn from_wire(name: &str) -> Option<Self> {
+        Some(match name {
+            "online" => Availability::Online,
+            "away" => Availability::Away,
+            "busy" => Availability::Busy,
+            "offline" => Availability::Offline,
+            "invisible" => Availability::Invisible,
+            _ => return None,
+        })
+    }
+
+    /// The availability named `name` in a record, read leniently: names a later protocol version may add show
+    /// as online (protocol section 3).
+    pub(crate) fn from_wire_lenient(name: &str) -> Self {
+        Availability::from_wire(name).unwrap_or(Availability::Online)
+    }
 }
 
 impl Serialize for Availability {
@@ -83,17 +101,12 @@ impl<'de> Deserialize<'de> for Availability {
     /// [`Presence`]).
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        match name.as_ref() {
-            "online" => Ok(Availability::Online),
-            "away" => Ok(Availability::Away),
-            "busy" => Ok(Availability::Busy),
-            "offline" => Ok(Availability::Offline),
-            "invisible" => Ok(Availability::Invisible),
-            other => Err(serde::de::Error::unknown_variant(
-                other,
+        Availability::from_wire(&name).ok_or_else(|| {
+            serde::de::Error::unknown_variant(
+                &name,
                 &["online", "away", "busy", "offline", "invisible"],
-            )),
-        }
+            )
+        })
     }
 }
 
@@ -103,13 +116,7 @@ fn lenient_availability<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Availability, D::Error> {
     let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-    Ok(match name.as_ref() {
-        "away" => Availability::Away,
-        "busy" => Availability::Busy,
-        "offline" => Availability::Offline,
-        "invisible" => Availability::Invisible,
-        _ => Availability::Online,
-    })
+    Ok(Availability::from_wire_lenient(&name))
 }
 
 impl fmt::Display for Availability {
