@@ -487,11 +487,11 @@ pub struct Client {
     /// Known members of subscribed channels.
     channel_members: ChannelMembers,
     /// Channels whose snapshot is arriving in parts: the members known before it, and those received so far.
-    channel_parts: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+    channel_parts: FewMap<(BTreeSet<String>, BTreeSet<String>)>,
     subscriptions: BTreeSet<String>,
     roster: BTreeMap<String, RosterEntry>,
     /// Queries awaiting their answer, by `ref`, with the parts received so far.
-    pending_queries: BTreeMap<String, (QueryId, Vec<Presence>)>,
+    pending_queries: FewMap<(QueryId, Vec<Presence>)>,
     next_query_id: u64,
     transmit: VecDeque<String>,
     transport: VecDeque<TransportCommand>,
@@ -569,10 +569,10 @@ impl Client {
             channel_subscriptions: BTreeSet::new(),
             server_channels: BTreeSet::new(),
             channel_members: ChannelMembers::default(),
-            channel_parts: BTreeMap::new(),
+            channel_parts: FewMap::default(),
             subscriptions: BTreeSet::new(),
             roster: BTreeMap::new(),
-            pending_queries: BTreeMap::new(),
+            pending_queries: FewMap::default(),
             next_query_id: 1,
             transmit: VecDeque::new(),
             transport: VecDeque::new(),
@@ -1635,7 +1635,7 @@ impl Client {
         let mut chunk = Vec::new();
         let mut size = 0;
         for user in users {
-            let encoded = serde_json::to_string(&user).map_or(user.len() * 6 + 2, |s| s.len()) + 1;
+            let encoded = crate::json_text::str_len(&user) + 1;
             if !chunk.is_empty()
                 && (chunk.len() == MAX_USERS_PER_REQUEST || size + encoded > budget)
             {
@@ -1765,7 +1765,7 @@ impl Client {
     fn end_session(&mut self, query_error: QueryError) {
         self.session = None;
         self.probe_deadline = None;
-        for (_, (query_id, _)) in std::mem::take(&mut self.pending_queries) {
+        for (_, (query_id, _)) in self.pending_queries.take_all() {
             self.events.push_back(Event::QueryCompleted {
                 query_id,
                 result: Err(query_error.clone()),
@@ -2125,6 +2125,55 @@ impl Client {
             previous: None,
             current: record,
         });
+    }
+}
+
+/// A map for the few entries in flight at once (channel snapshots arriving in parts, queries awaiting their
+/// answer), in insertion order: a linear search over a vector, far less code than a `BTreeMap` per value type
+/// (which matters in the browser package).
+#[derive(Debug)]
+struct FewMap<V>(Vec<(String, V)>);
+
+impl<V> Default for FewMap<V> {
+    fn default() -> Self {
+        FewMap(Vec::new())
+    }
+}
+
+impl<V> FewMap<V> {
+    fn position(&self, key: &str) -> Option<usize> {
+        self.0.iter().position(|(k, _)| k == key)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.position(key).is_some()
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        let i = self.position(key)?;
+        self.0.get_mut(i).map(|(_, v)| v)
+    }
+
+    /// Sets `key` to `value`, in place if it is there, at the end if not.
+    fn insert(&mut self, key: String, value: V) {
+        match self.get_mut(&key) {
+            Some(slot) => *slot = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<V> {
+        let i = self.position(key)?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Every entry, oldest first, leaving the map empty.
+    fn take_all(&mut self) -> Vec<(String, V)> {
+        std::mem::take(&mut self.0)
     }
 }
 

@@ -25,6 +25,7 @@ pub mod client;
 mod decode;
 pub mod dnd;
 mod json;
+pub mod json_text;
 pub mod own_status;
 pub mod protocol;
 pub mod sse;

@@ -9,8 +9,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use presently_core as core;
+use presently_core::json_text::JsonObject;
 use presently_core::{Instant, TransportCommand};
-use serde::Serialize;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
@@ -136,89 +136,6 @@ export interface PresenceClientOptions {
 
 // ----- JavaScript-facing records -----
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsActivity {
-    kind: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsPresence {
-    user_id: String,
-    availability: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    activity: Option<JsActivity>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_active_at: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    since: Option<u64>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsOwnStatus {
-    availability: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    activity: Option<JsActivity>,
-    reason: &'static str,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "state", rename_all = "camelCase")]
-enum JsState {
-    Idle,
-    Connecting {
-        attempt: u32,
-        transport: &'static str,
-    },
-    #[serde(rename_all = "camelCase")]
-    Connected {
-        session_id: String,
-        transport: &'static str,
-    },
-    #[serde(rename_all = "camelCase")]
-    Reconnecting {
-        attempt: u32,
-        retry_in_ms: u64,
-        reason: String,
-    },
-    Closed,
-    Failed {
-        code: String,
-        message: String,
-    },
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct JsDndState {
-    active: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    until: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_start: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    snoozed_until: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-}
-
-#[derive(Serialize)]
-struct JsError {
-    code: String,
-    message: String,
-    fatal: bool,
-}
-
 struct Options {
     url: String,
     token: Option<String>,
@@ -259,84 +176,123 @@ struct ActivityIn {
     detail: Option<String>,
 }
 
-fn availability_name(a: core::Availability) -> &'static str {
-    match a {
-        core::Availability::Online => "online",
-        core::Availability::Away => "away",
-        core::Availability::Busy => "busy",
-        core::Availability::Offline => "offline",
-        core::Availability::Invisible => "invisible",
+/// A plain JavaScript object written by `write` (absent fields are left out).
+///
+/// Values cross the boundary as JSON text parsed by `JSON.parse`, written with the core's `json_text` writer:
+/// the smallest code for it (per-field `Reflect.set` calls cost more, and serde's serializers several times more).
+fn js_object(write: impl FnOnce(&mut JsonObject<'_>)) -> JsValue {
+    let mut text = String::new();
+    let mut object = JsonObject::new(&mut text);
+    write(&mut object);
+    object.end();
+    parse(&text)
+}
+
+/// The JavaScript value of the JSON `text` (`undefined` if it is not JSON, which the writers here never produce).
+fn parse(text: &str) -> JsValue {
+    js_sys::JSON::parse(text).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// The `activity` field of a `Presence` or `OwnStatus`, if there is one.
+fn write_activity(object: &mut JsonObject<'_>, activity: Option<&core::Activity>) {
+    if let Some(activity) = activity {
+        object.object("activity", |object| {
+            object
+                .str("kind", &activity.kind)
+                .opt_str("detail", activity.detail.as_deref());
+        });
     }
 }
 
-fn activity(a: Option<core::Activity>) -> Option<JsActivity> {
-    a.map(|a| JsActivity {
-        kind: a.kind,
-        detail: a.detail,
+/// The fields of a `Presence` object.
+fn write_presence(object: &mut JsonObject<'_>, p: &core::Presence) {
+    object
+        .str("userId", &p.user_id)
+        .str("availability", p.availability.as_str())
+        .opt_str("message", p.message.as_deref());
+    write_activity(object, p.activity.as_ref());
+    object
+        .opt_u64("lastActiveAt", p.last_active_at)
+        .opt_u64("since", p.since);
+}
+
+/// A `Presence` object.
+fn presence(p: &core::Presence) -> JsValue {
+    js_object(|object| write_presence(object, p))
+}
+
+/// An array of `Presence` objects.
+fn presence_list<'p>(records: impl IntoIterator<Item = &'p core::Presence>) -> JsValue {
+    let mut text = String::from("[");
+    for (i, p) in records.into_iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        let mut object = JsonObject::new(&mut text);
+        write_presence(&mut object, p);
+        object.end();
+    }
+    text.push(']');
+    parse(&text)
+}
+
+/// An `OwnStatus` object.
+fn own_status(status: &core::Status, reason: core::StatusReason) -> JsValue {
+    js_object(|object| {
+        object
+            .str("availability", status.availability.as_str())
+            .opt_str("message", status.message.as_deref());
+        write_activity(object, status.activity.as_ref());
+        object.str("reason", reason.as_str());
     })
 }
 
-fn presence(p: core::Presence) -> JsPresence {
-    JsPresence {
-        user_id: p.user_id,
-        availability: availability_name(p.availability),
-        message: p.message,
-        activity: activity(p.activity),
-        last_active_at: p.last_active_at,
-        since: p.since,
-    }
-}
-
-fn own_status(status: core::Status, reason: core::StatusReason) -> JsOwnStatus {
-    JsOwnStatus {
-        availability: availability_name(status.availability),
-        message: status.message,
-        activity: activity(status.activity),
-        reason: reason.as_str(),
-    }
-}
-
-fn state(s: &core::ConnectionState) -> JsState {
-    match s.clone() {
-        core::ConnectionState::Idle => JsState::Idle,
-        core::ConnectionState::Connecting { attempt, transport } => JsState::Connecting {
-            attempt,
-            transport: transport.name(),
-        },
+/// A `ConnectionState` object.
+fn state(s: &core::ConnectionState) -> JsValue {
+    js_object(|object| match s {
+        core::ConnectionState::Idle => {
+            object.str("state", "idle");
+        }
+        core::ConnectionState::Connecting { attempt, transport } => {
+            object
+                .str("state", "connecting")
+                .u64("attempt", u64::from(*attempt))
+                .str("transport", transport.name());
+        }
         core::ConnectionState::Connected {
             session_id,
             transport,
-        } => JsState::Connected {
-            session_id,
-            transport: transport.name(),
-        },
+        } => {
+            object
+                .str("state", "connected")
+                .str("sessionId", session_id)
+                .str("transport", transport.name());
+        }
         core::ConnectionState::Reconnecting {
             attempt,
             delay,
             reason,
             ..
-        } => JsState::Reconnecting {
-            attempt,
-            retry_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-            reason,
-        },
-        core::ConnectionState::Closed => JsState::Closed,
-        core::ConnectionState::Failed { code, message } => JsState::Failed {
-            code: code.as_str().to_owned(),
-            message,
-        },
-    }
-}
-
-/// A JavaScript value for `value` (plain objects; absent fields are left out).
-///
-/// Values cross the boundary as JSON text parsed by `JSON.parse`: serde's serializers are small, and a second serde
-/// format would add a third of the package's size.
-fn to_js<T: Serialize>(value: &T) -> JsValue {
-    serde_json::to_string(value)
-        .ok()
-        .and_then(|text| js_sys::JSON::parse(&text).ok())
-        .unwrap_or(JsValue::UNDEFINED)
+        } => {
+            object
+                .str("state", "reconnecting")
+                .u64("attempt", u64::from(*attempt))
+                .u64(
+                    "retryInMs",
+                    u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                )
+                .str("reason", reason);
+        }
+        core::ConnectionState::Closed => {
+            object.str("state", "closed");
+        }
+        core::ConnectionState::Failed { code, message } => {
+            object
+                .str("state", "failed")
+                .str("code", code.as_str())
+                .str("message", message);
+        }
+    })
 }
 
 /// A plain JavaScript object given to the API, read field by field: a field that is `undefined` or `null`
@@ -466,10 +422,11 @@ impl Update {
 
 /// A `PresenceError` object.
 fn error_value(code: &str, message: impl Into<String>, fatal: bool) -> JsValue {
-    to_js(&JsError {
-        code: code.to_owned(),
-        message: message.into(),
-        fatal,
+    js_object(|object| {
+        object
+            .str("code", code)
+            .str("message", &message.into())
+            .bool("fatal", fatal);
     })
 }
 
@@ -785,16 +742,16 @@ fn collect(d: &mut Driver, event: core::Event, calls: &mut Vec<Call>) {
             }
             calls.push(Call::Listeners(
                 functions(&d.listeners.state),
-                to_js(&state(&current)),
+                state(&current),
             ));
         }
         core::Event::PresenceChanged { current, .. } => calls.push(Call::Listeners(
             functions(&d.listeners.presence),
-            to_js(&presence(current)),
+            presence(&current),
         )),
         core::Event::OwnStatusChanged { effective, reason } => calls.push(Call::Listeners(
             functions(&d.listeners.own_status),
-            to_js(&own_status(effective, reason)),
+            own_status(&effective, reason),
         )),
         core::Event::IdleWarning { away_at } => calls.push(Call::Listeners(
             functions(&d.listeners.idle_warning),
@@ -812,8 +769,7 @@ fn collect(d: &mut Driver, event: core::Event, calls: &mut Vec<Call>) {
             if let Some((resolve, reject)) = d.queries.remove(&query_id) {
                 match result {
                     Ok(records) => {
-                        let list: Vec<JsPresence> = records.into_iter().map(presence).collect();
-                        calls.push(Call::Resolve(resolve, to_js(&list)));
+                        calls.push(Call::Resolve(resolve, presence_list(&records)));
                     }
                     Err(e) => calls.push(Call::Resolve(
                         reject,
@@ -1741,47 +1697,40 @@ impl PresenceClient {
     #[wasm_bindgen(js_name = dndState, unchecked_return_type = "DndState")]
     pub fn dnd_state(&self) -> JsValue {
         let state = self.with_core(|core, t| core.dnd_state(t));
-        to_js(&JsDndState {
-            active: state.active,
-            source: state.source.map(|s| match s {
-                core::DndSource::Schedule => "schedule",
-                core::DndSource::Snooze => "snooze",
-            }),
-            until: state.until,
-            next_start: state.next_start,
-            snoozed_until: state.snoozed_until,
-            message: state.message,
+        js_object(|object| {
+            object
+                .bool("active", state.active)
+                .opt_str(
+                    "source",
+                    state.source.map(|s| match s {
+                        core::DndSource::Schedule => "schedule",
+                        core::DndSource::Snooze => "snooze",
+                    }),
+                )
+                .opt_u64("until", state.until)
+                .opt_u64("nextStart", state.next_start)
+                .opt_u64("snoozedUntil", state.snoozed_until)
+                .opt_str("message", state.message.as_deref());
         })
     }
 
     /// The connection's state now.
     #[wasm_bindgen(unchecked_return_type = "ConnectionState")]
     pub fn state(&self) -> JsValue {
-        to_js(&state(self.shared.borrow().core.state()))
+        state(self.shared.borrow().core.state())
     }
 
     /// Your own effective status now.
     #[wasm_bindgen(js_name = ownStatus, unchecked_return_type = "OwnStatus")]
     pub fn own_status(&self) -> JsValue {
         let d = self.shared.borrow();
-        to_js(&own_status(
-            d.core.effective_status().clone(),
-            d.core.status_reason(),
-        ))
+        own_status(d.core.effective_status(), d.core.status_reason())
     }
 
     /// Every watched user whose presence is known.
     #[wasm_bindgen(unchecked_return_type = "Presence[]")]
     pub fn roster(&self) -> JsValue {
-        let list: Vec<JsPresence> = self
-            .shared
-            .borrow()
-            .core
-            .roster()
-            .cloned()
-            .map(presence)
-            .collect();
-        to_js(&list)
+        presence_list(self.shared.borrow().core.roster())
     }
 
     /// Calls `listener` when a watched user's presence changes or becomes known. Returns a function that removes
@@ -1834,5 +1783,111 @@ impl PresenceClient {
         listener: js_sys::Function,
     ) -> JsValue {
         self.listen(|l| &mut l.idle_warning, listener)
+    }
+}
+
+/// The exact shape of every record handed to JavaScript (what `index.d.ts` declares), in headless Chromium.
+#[cfg(all(test, target_arch = "wasm32"))]
+mod record_shapes {
+    use super::*;
+    use wasm_bindgen_test::*;
+
+    wasm_bindgen_test_configure!(run_in_browser);
+
+    fn json(value: &JsValue) -> String {
+        js_sys::JSON::stringify(value)
+            .map(String::from)
+            .unwrap_or_default()
+    }
+
+    #[wasm_bindgen_test]
+    fn presence_records_have_camel_case_fields_and_leave_out_absent_ones() {
+        let full = core::Presence {
+            message: Some("in a \"session\"\n".to_owned()),
+            activity: Some(core::Activity {
+                kind: "in_studio".to_owned(),
+                detail: Some("Live 12 🎛️".to_owned()),
+            }),
+            last_active_at: Some(1_700_000_000_000),
+            since: Some(5),
+            availability: core::Availability::Busy,
+            ..core::Presence::unknown("ana")
+        };
+        assert_eq!(
+            json(&presence(&full)),
+            r#"{"userId":"ana","availability":"busy","message":"in a \"session\"\n","activity":{"kind":"in_studio","detail":"Live 12 🎛️"},"lastActiveAt":1700000000000,"since":5}"#
+        );
+        let bare = core::Presence {
+            activity: Some(core::Activity {
+                kind: "k".to_owned(),
+                detail: None,
+            }),
+            ..core::Presence::unknown("bo")
+        };
+        let bare_json = json(&presence(&bare));
+        assert!(
+            bare_json.starts_with(r#"{"userId":"bo","availability":""#)
+                && bare_json.ends_with(r#","activity":{"kind":"k"}}"#),
+            "{bare_json}"
+        );
+        assert_eq!(
+            json(&presence_list([&full, &bare])),
+            format!("[{},{}]", json(&presence(&full)), bare_json)
+        );
+        assert_eq!(json(&presence_list([])), "[]");
+    }
+
+    #[wasm_bindgen_test]
+    fn connection_states_are_tagged_by_state() {
+        let cases = [
+            (core::ConnectionState::Idle, r#"{"state":"idle"}"#),
+            (
+                core::ConnectionState::Connecting {
+                    attempt: 2,
+                    transport: core::Transport::WebSocket,
+                },
+                r#"{"state":"connecting","attempt":2,"transport":"websocket"}"#,
+            ),
+            (
+                core::ConnectionState::Connected {
+                    session_id: "s1".to_owned(),
+                    transport: core::Transport::Sse,
+                },
+                r#"{"state":"connected","sessionId":"s1","transport":"sse"}"#,
+            ),
+            (
+                core::ConnectionState::Reconnecting {
+                    attempt: 3,
+                    retry_at: core::Instant::from_millis(9_000),
+                    delay: std::time::Duration::from_millis(1_500),
+                    reason: "reset".to_owned(),
+                },
+                r#"{"state":"reconnecting","attempt":3,"retryInMs":1500,"reason":"reset"}"#,
+            ),
+            (core::ConnectionState::Closed, r#"{"state":"closed"}"#),
+            (
+                core::ConnectionState::Failed {
+                    code: core::ErrorCode::InvalidToken,
+                    message: "bad token".to_owned(),
+                },
+                r#"{"state":"failed","code":"invalid_token","message":"bad token"}"#,
+            ),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(json(&state(&value)), expected);
+        }
+    }
+
+    #[wasm_bindgen_test]
+    fn own_status_and_errors_have_their_declared_fields() {
+        let status = core::Status::new(core::Availability::Away).with_message("brb");
+        assert_eq!(
+            json(&own_status(&status, core::StatusReason::Manual)),
+            r#"{"availability":"away","message":"brb","reason":"manual"}"#
+        );
+        assert_eq!(
+            json(&error_value("rate_limited", "slow down", false)),
+            r#"{"code":"rate_limited","message":"slow down","fatal":false}"#
+        );
     }
 }
