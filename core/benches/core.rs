@@ -1,6 +1,8 @@
 //! The sans-IO core's hot paths, on one core with no I/O (goals in BENCHMARKS.md):
 //! - `decode_apply`: a `presence` frame decoded and applied to the roster, its event drained (goal ≥ 1 M/s);
 //! - `decode`: the frame decode alone, for comparison;
+//! - `encode`: a `set_status` frame with a message and an activity written (what every status change sends),
+//!   beside `encode_with_serde`, the serde reference;
 //! - `dnd_state_at`: a DND schedule's state and exact next transition at an instant (what the client computes
 //!   to arm its one DND timer);
 //! - `channel_snapshot_100k`: a watcher subscribed to 100 channels of 1,000 members takes in their snapshots,
@@ -12,8 +14,11 @@ use std::time::{Duration, Instant as WallInstant};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use presently_core::chrono::{DateTime, Utc};
 use presently_core::dnd::{DndSchedule, DndWindow};
-use presently_core::protocol::{self, MAX_FRAME_BYTES, ServerMessage};
-use presently_core::{Availability, Client, ClientConfig, Instant, Presence};
+use presently_core::protocol::{self, ClientMessage, MAX_FRAME_BYTES, ServerMessage};
+use presently_core::{
+    Activity, Auto, AutoState, Availability, Choice, Client, ClientConfig, Instant, Presence,
+    Status,
+};
 
 const WELCOME: &str = r#"{"type":"welcome","protocol":1,"session_id":"s1","user_id":"watcher","heartbeat_interval_ms":15000,"session_ttl_ms":45000,"max_frame_bytes":65536,"server":{"name":"bench","version":"0"},"resume_grace_ms":30000}"#;
 
@@ -211,5 +216,29 @@ fn channel_snapshot(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_apply, dnd, channel_snapshot);
+fn encode(c: &mut Criterion) {
+    let message = ClientMessage::SetStatus {
+        reference: Some("r42".to_owned()),
+        choice: Choice {
+            status: Status::new(Availability::Busy)
+                .with_message("Mixing \"Night Drive\" — back at 6")
+                .with_activity(Activity::new("in_studio", "Ableton Live 12")),
+            chosen_at: Some(1_763_900_000_000),
+        },
+        auto: Some(Auto {
+            state: AutoState::Active,
+            message: None,
+        }),
+    };
+    assert_eq!(message.encode(), message.encode_with_serde());
+    let mut group = c.benchmark_group("core");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("encode", |b| b.iter(|| black_box(&message).encode()));
+    group.bench_function("encode_with_serde", |b| {
+        b.iter(|| black_box(&message).encode_with_serde())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode_apply, encode, dnd, channel_snapshot);
 criterion_main!(benches);

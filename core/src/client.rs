@@ -231,7 +231,7 @@ impl fmt::Display for ConnectionState {
             } => write!(
                 f,
                 "reconnecting: attempt {attempt} in {} ms ({reason})",
-                delay.as_millis()
+                crate::time::duration_millis(*delay)
             ),
             ConnectionState::Failed { code, message } => write!(f, "failed: {code}: {message}"),
             other => f.write_str(other.name()),
@@ -1427,7 +1427,7 @@ impl Client {
             Link::Opening { deadline } | Link::Handshaking { deadline } if now >= deadline => {
                 let reason = format!(
                     "no welcome within the connect timeout of {} ms",
-                    self.config.connect_timeout.as_millis()
+                    crate::time::duration_millis(self.config.connect_timeout)
                 );
                 self.connection_lost(reason, Duration::ZERO, now);
             }
@@ -1442,7 +1442,10 @@ impl Client {
                         return;
                     }
                     let silent = now.saturating_duration_since(self.last_received);
-                    let reason = format!("no frame from the server for {} ms", silent.as_millis());
+                    let reason = format!(
+                        "no frame from the server for {} ms",
+                        crate::time::duration_millis(silent)
+                    );
                     self.connection_lost(reason, Duration::ZERO, now);
                     return;
                 }

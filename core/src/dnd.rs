@@ -23,6 +23,8 @@ use core::str::FromStr;
 
 use std::sync::Arc;
 
+use crate::json_text::Quoted;
+
 use chrono::{
     DateTime, Datelike, Days, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc, Weekday,
 };
@@ -156,19 +158,22 @@ impl fmt::Display for ScheduleError {
             ScheduleError::UnknownTimezone(tz) => {
                 write!(
                     f,
-                    "unknown timezone {tz:?}: use an IANA name such as \"Europe/Berlin\""
+                    "unknown timezone {}: use an IANA name such as \"Europe/Berlin\"",
+                    Quoted(tz)
                 )
             }
             ScheduleError::InvalidTime(t) => {
                 write!(
                     f,
-                    "invalid time {t:?}: use 24-hour HH:MM between 00:00 and 23:59"
+                    "invalid time {}: use 24-hour HH:MM between 00:00 and 23:59",
+                    Quoted(t)
                 )
             }
             ScheduleError::InvalidDay(d) => {
                 write!(
                     f,
-                    "invalid day {d:?}: use mon, tue, wed, thu, fri, sat or sun"
+                    "invalid day {}: use mon, tue, wed, thu, fri, sat or sun",
+                    Quoted(d)
                 )
             }
             ScheduleError::NoDays => write!(f, "a DND window needs at least one day"),

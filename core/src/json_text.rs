@@ -21,36 +21,48 @@
 /// with a backslash, backspace, form feed, newline, carriage return and tab by their short escapes, the other
 /// control characters below U+0020 as `\u00XX` (lowercase hex), everything else as is.
 pub fn write_str(out: &mut String, value: &str) {
+    out.reserve(value.len() + 2);
     out.push('"');
     let bytes = value.as_bytes();
     let mut start = 0;
     for (i, &byte) in bytes.iter().enumerate() {
-        let escape = match byte {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
+        let escape = ESCAPE[usize::from(byte)];
+        if escape == 0 {
+            continue;
+        }
         // Every byte that stops the scan is ASCII, so these slices fall on character boundaries.
         out.push_str(&value[start..i]);
-        if escape.is_empty() {
+        out.push('\\');
+        out.push(char::from(escape));
+        if escape == b'u' {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
+            out.push_str("00");
             out.push(char::from(HEX[usize::from(byte >> 4)]));
             out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        } else {
-            out.push_str(escape);
         }
         start = i + 1;
     }
     out.push_str(&value[start..]);
     out.push('"');
 }
+
+/// For each byte, the character after the backslash that escapes it (`u` for `\u00XX`), or 0 if it stands as is.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = b'u';
+        byte += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
 
 /// Appends `value` in decimal.
 fn write_u64(out: &mut String, mut value: u64) {
@@ -69,16 +81,33 @@ fn write_u64(out: &mut String, mut value: u64) {
     }
 }
 
+/// Whether `name` can be written without escaping.
+fn needs_no_escape(name: &str) -> bool {
+    name.bytes().all(|byte| ESCAPE[usize::from(byte)] == 0)
+}
+
+/// Displays a string as a JSON string literal (quoted and escaped by [`write_str`]): how error messages quote
+/// the input they refuse, so that invisible characters show.
+pub struct Quoted<'a>(pub &'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = String::with_capacity(self.0.len() + 2);
+        write_str(&mut text, self.0);
+        f.write_str(&text)
+    }
+}
+
 /// The length in bytes of `value` written by [`write_str`], quotes included, without writing it.
 pub fn str_len(value: &str) -> usize {
     value.len()
         + 2
         + value
             .bytes()
-            .map(|byte| match byte {
-                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
-                0..=0x1f => 5,
-                _ => 0,
+            .map(|byte| match ESCAPE[usize::from(byte)] {
+                0 => 0,
+                b'u' => 5,
+                _ => 1,
             })
             .sum::<usize>()
 }
@@ -86,6 +115,9 @@ pub fn str_len(value: &str) -> usize {
 /// Writes one JSON object into a `String`, field by field, in the order of the calls; [`JsonObject::end`]
 /// closes it. The `opt_*` methods leave a field out when its value is `None`, as serde's
 /// `skip_serializing_if = "Option::is_none"` does.
+///
+/// Field names are written as given: they must be plain text without `"`, `\` or control characters (the
+/// constant names of a record; checked in debug builds). Values are escaped.
 pub struct JsonObject<'a> {
     out: &'a mut String,
     empty: bool,
@@ -98,14 +130,17 @@ impl<'a> JsonObject<'a> {
         JsonObject { out, empty: true }
     }
 
-    /// Writes the name of the next field and returns the text to write its value into.
+    /// Writes the name of the next field and returns the text to write its value into. Field names are the
+    /// caller's constants, plain ASCII that needs no escaping, so they are written as they are.
     fn name(&mut self, name: &str) -> &mut String {
+        debug_assert!(needs_no_escape(name), "field name {name} needs escaping");
         if !self.empty {
             self.out.push(',');
         }
         self.empty = false;
-        write_str(self.out, name);
-        self.out.push(':');
+        self.out.push('"');
+        self.out.push_str(name);
+        self.out.push_str("\":");
         self.out
     }
 

@@ -6,6 +6,7 @@
 
 use core::fmt;
 
+use crate::json_text::Quoted;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The protocol version this crate speaks, sent in `hello.protocol` and `welcome.protocol`.
@@ -983,7 +984,7 @@ impl ClientMessage {
     /// `{"type":"invalid"}`.
     pub fn encode(&self) -> String {
         use crate::json_text::JsonObject;
-        let mut text = String::with_capacity(64);
+        let mut text = String::with_capacity(128);
         let mut frame = JsonObject::new(&mut text);
         match self {
             ClientMessage::Hello {
@@ -1353,7 +1354,7 @@ impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ValidationError::InvalidUserId { user_id, reason } => {
-                write!(f, "invalid user id {user_id:?}: {reason}")
+                write!(f, "invalid user id {}: {reason}", Quoted(user_id))
             }
             ValidationError::OfflineNotSettable => write!(
                 f,
@@ -1368,7 +1369,8 @@ impl fmt::Display for ValidationError {
             }
             ValidationError::InvalidActivityKind(kind) => write!(
                 f,
-                "activity kind {kind:?} must be 1 to {MAX_ACTIVITY_KIND_BYTES} characters from [a-z0-9_]"
+                "activity kind {} must be 1 to {MAX_ACTIVITY_KIND_BYTES} characters from [a-z0-9_]",
+                Quoted(kind)
             ),
             ValidationError::InvalidActivityDetail(reason) => {
                 write!(f, "activity detail {reason}")
@@ -1386,7 +1388,8 @@ impl fmt::Display for ValidationError {
             }
             ValidationError::InvalidFocus(context) => write!(
                 f,
-                "focus context {context:?} must be 1 to {MAX_FOCUS_BYTES} bytes without control characters"
+                "focus context {} must be 1 to {MAX_FOCUS_BYTES} bytes without control characters",
+                Quoted(context)
             ),
             ValidationError::ClientInfoTooLong(field) => {
                 write!(

@@ -34,7 +34,8 @@ impl Instant {
     }
 }
 
-fn duration_millis(d: Duration) -> u64 {
+/// `d` in whole milliseconds, saturating at `u64::MAX`.
+pub(crate) fn duration_millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use presently_core as core;
-use presently_core::json_text::JsonObject;
+use presently_core::json_text::{JsonObject, Quoted};
 use presently_core::{Instant, TransportCommand};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
@@ -1370,8 +1370,8 @@ impl PresenceClient {
         let parsed = Options::read(&options)?;
         if !(parsed.url.starts_with("ws://") || parsed.url.starts_with("wss://")) {
             return Err(invalid(format!(
-                "url must start with ws:// or wss://, not {:?}",
-                parsed.url
+                "url must start with ws:// or wss://, not {}",
+                Quoted(&parsed.url)
             )));
         }
         let http_urls = core::protocol::http_binding_urls(&parsed.url)
@@ -1421,7 +1421,8 @@ impl PresenceClient {
             Some("sse") => core::TransportPolicy::SseOnly,
             Some(other) => {
                 return Err(invalid(format!(
-                    "transport must be \"auto\", \"websocket\" or \"sse\", not {other:?}"
+                    "transport must be \"auto\", \"websocket\" or \"sse\", not {}",
+                    Quoted(other)
                 )));
             }
         };
@@ -1533,7 +1534,8 @@ impl PresenceClient {
             "invisible" => core::Availability::Invisible,
             other => {
                 return Err(invalid(format!(
-                    "availability must be online, away, busy or invisible, not {other:?}"
+                    "availability must be online, away, busy or invisible, not {}",
+                    Quoted(other)
                 )));
             }
         };
