@@ -59,7 +59,11 @@ pub fn client_frame(data: &[u8]) {
         _ => {}
     }
     let encoded = message.encode();
-    assert_eq!(encoded, message.encode_with_serde(), "the writers differ on {message:?}");
+    assert_eq!(
+        encoded,
+        message.encode_with_serde(),
+        "the writers differ on {message:?}"
+    );
     let again = ClientMessage::decode(&encoded, usize::MAX)
         .unwrap_or_else(|e| panic!("{encoded} does not decode: {e}"));
     assert_eq!(message, again, "round trip through {encoded}");
