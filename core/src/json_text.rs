@@ -17,6 +17,8 @@
 //! assert_eq!(text, r#"{"type":"ping","at":42}"#);
 //! ```
 
+use std::fmt::Write;
+
 /// Appends `value` to `out` as a JSON string, quotes included, escaped as `serde_json` escapes it: `"` and `\`
 /// with a backslash, backspace, form feed, newline, carriage return and tab by their short escapes, the other
 /// control characters below U+0020 as `\u00XX` (lowercase hex), everything else as is.
@@ -63,23 +65,6 @@ static ESCAPE: [u8; 256] = {
     table[b'\\' as usize] = b'\\';
     table
 };
-
-/// Appends `value` in decimal.
-fn write_u64(out: &mut String, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    for &digit in &digits[start..] {
-        out.push(char::from(digit));
-    }
-}
 
 /// Whether `name` can be written without escaping.
 fn needs_no_escape(name: &str) -> bool {
@@ -171,7 +156,8 @@ impl<'a> JsonObject<'a> {
 
     /// An unsigned integer field.
     pub fn u64(&mut self, name: &str, value: u64) -> &mut Self {
-        write_u64(self.name(name), value);
+        // Writing to a `String` cannot fail.
+        let _ = write!(self.name(name), "{value}");
         self
     }
 
