@@ -2134,7 +2134,6 @@ impl Client {
 /// A map for the few entries in flight at once (channel snapshots arriving in parts, queries awaiting their
 /// answer), in insertion order: a linear search over a vector, far less code than a `BTreeMap` per value type
 /// (which matters in the browser package).
-#[derive(Debug)]
 struct FewMap<V>(Vec<(String, V)>);
 
 impl<V> Default for FewMap<V> {
