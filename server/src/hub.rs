@@ -3,12 +3,15 @@
 //!
 //! Everything happens under one lock, held only for map updates and non-blocking queue pushes, so that the
 //! order in which frames are queued to a session is the order of the changes: a welcome precedes everything
-//! else, and a snapshot queued while subscribing precedes the updates that follow it.
+//! else, and a snapshot queued while subscribing precedes the updates that follow it. The frames queued under
+//! the lock are written once it is released, by the task that released it (see [`write_soon`]): a change goes
+//! out to its watchers from the task that read it, within one poll, and no socket is written under the lock.
 //!
 //! Privacy (protocol section 7, "What a watcher may see") is enforced here, in one place: every record that
 //! leaves the hub is made for its watcher by [`view_of`] and [`record_for`], and a watcher receives a frame only
 //! when the record made for it changes.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -21,20 +24,10 @@ use presently_core::protocol::{
 use presently_core::{Activity, Availability, Presence, Status};
 
 use crate::cluster::{Job, Op, StoreLink};
+use crate::outlet::{Outlet, Refused};
+use crate::session::ToClient;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// What a session's writer sends next.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    /// A text frame (shared between all the watchers it fans out to).
-    Frame(Arc<str>),
-    /// A WebSocket ping control frame.
-    Ping,
-    /// Close the connection with this WebSocket close code and reason.
-    Close(u16, &'static str),
-}
 
 /// Lets the hub stop a connection from outside (slow consumer, taken over by a resume) with a reason.
 #[derive(Debug, Default)]
@@ -66,7 +59,8 @@ pub(crate) fn replaced() -> ErrorCode {
 /// A connection attached to a session.
 #[derive(Debug, Clone)]
 pub(crate) struct Conn {
-    pub(crate) tx: mpsc::Sender<Outbound>,
+    /// Where its frames go.
+    pub(crate) outlet: Arc<Outlet>,
     pub(crate) control: Arc<SessionControl>,
 }
 
@@ -720,12 +714,16 @@ impl Hub {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HubState> {
-        // A panic while holding the lock leaves consistent maps behind (every update is a few inserts), so a
-        // poisoned lock is still usable.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> HubGuard<'_> {
+        HubGuard {
+            _writes: DeferredWrites::begin(),
+            // A panic while holding the lock leaves consistent maps behind (every update is a few inserts), so a
+            // poisoned lock is still usable.
+            state: self
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        }
     }
 
     /// Queues `records` as one or more `snapshot` frames that each fit the frame limit.
@@ -1486,15 +1484,130 @@ impl Hub {
         }
     }
 
-    /// Queues a frame without waiting; a full queue stops the connection as a slow consumer rather than
-    /// buffering without bound or holding the lock. A closed queue (a connection that just ended) is ignored.
+    /// Queues a frame without waiting and has it written (see [`write_soon`]); a full queue stops the
+    /// connection as a slow consumer rather than buffering without bound or holding the lock. A closed queue (a
+    /// connection that just ended) is ignored.
     pub(crate) fn push(&self, conn: &Conn, frame: Arc<str>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = conn.tx.try_send(Outbound::Frame(frame)) {
-            if conn.control.reason().is_none() {
-                self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        match conn.outlet.queue(ToClient::Text(frame)) {
+            Ok(()) => write_soon(&conn.outlet),
+            Err(Refused::Closed) => {}
+            Err(Refused::Full) => {
+                if conn.control.reason().is_none() {
+                    self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                }
+                conn.control.stop(ErrorCode::SlowConsumer);
             }
-            conn.control.stop(ErrorCode::SlowConsumer);
         }
+    }
+}
+
+/// The hub's state, locked; once the lock is released, the frames queued under it are written (see
+/// [`write_soon`]).
+struct HubGuard<'a> {
+    // Fields drop in order: the lock is released before the writes.
+    state: MutexGuard<'a, HubState>,
+    _writes: DeferredWrites,
+}
+
+impl std::ops::Deref for HubGuard<'_> {
+    type Target = HubState;
+    fn deref(&self) -> &HubState {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for HubGuard<'_> {
+    fn deref_mut(&mut self) -> &mut HubState {
+        &mut self.state
+    }
+}
+
+/// How many connections one release of the hub's lock writes to from the releasing task; the writer tasks of
+/// the others are woken instead, so that a change with a large audience is written by several threads and does
+/// not hold one task for long.
+const INLINE_WRITES_PER_RELEASE: usize = 64;
+
+thread_local! {
+    /// How many hub locks this thread holds (0 or 1: the lock is not reentrant).
+    static LOCKS_HELD: Cell<usize> = const { Cell::new(0) };
+    /// The connections given frames while this thread held the hub's lock, in the order they were first given
+    /// one.
+    static DEFERRED: RefCell<Vec<Arc<Outlet>>> = const { RefCell::new(Vec::new()) };
+    /// The connection whose request this thread is carrying out (see [`on_behalf_of`]), by address.
+    static REQUESTER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `request`, made by the connection of `outlet`: frames that it queues to that connection (its answer, the
+/// echo of a change to the user's own sessions) are written after those to every other connection, so that a
+/// change reaches its watchers first.
+pub(crate) fn on_behalf_of<R>(outlet: &Arc<Outlet>, request: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REQUESTER.set(self.0);
+        }
+    }
+    let _restore = Restore(REQUESTER.replace(address(outlet)));
+    request()
+}
+
+fn address(outlet: &Arc<Outlet>) -> usize {
+    Arc::as_ptr(outlet) as usize
+}
+
+/// Has what was just queued to `outlet` written: at once, from this task, when this thread does not hold the hub's
+/// lock; otherwise as soon as it releases it, so that no socket is written under the lock. The frames of a
+/// change thereby go out from the task that made it, without waking each watcher's writer task.
+pub(crate) fn write_soon(outlet: &Arc<Outlet>) {
+    if LOCKS_HELD.get() == 0 {
+        outlet.write_now();
+        return;
+    }
+    DEFERRED.with_borrow_mut(|deferred| {
+        if !deferred
+            .last()
+            .is_some_and(|last| Arc::ptr_eq(last, outlet))
+        {
+            deferred.push(outlet.clone());
+        }
+    });
+}
+
+/// Counts a hub lock held by this thread; when the last is released, writes what was queued under it.
+struct DeferredWrites(());
+
+impl DeferredWrites {
+    fn begin() -> Self {
+        LOCKS_HELD.set(LOCKS_HELD.get() + 1);
+        DeferredWrites(())
+    }
+}
+
+impl Drop for DeferredWrites {
+    fn drop(&mut self) {
+        let held = LOCKS_HELD.get().saturating_sub(1);
+        LOCKS_HELD.set(held);
+        if held > 0 {
+            return;
+        }
+        let mut outlets = DEFERRED.take();
+        let requester = REQUESTER.get();
+        let others = outlets.iter().filter(|o| address(o) != requester);
+        let requesters = outlets.iter().filter(|o| address(o) == requester);
+        for (i, outlet) in others.chain(requesters).enumerate() {
+            if i < INLINE_WRITES_PER_RELEASE && !std::thread::panicking() {
+                outlet.write_now();
+            } else {
+                outlet.wake_writer();
+            }
+        }
+        // Keep the allocation for the next release.
+        outlets.clear();
+        DEFERRED.with_borrow_mut(|deferred| {
+            if deferred.is_empty() {
+                *deferred = outlets;
+            }
+        });
     }
 }
 

@@ -21,6 +21,7 @@
 pub mod auth;
 mod cluster;
 mod hub;
+mod outlet;
 mod session;
 mod sse;
 

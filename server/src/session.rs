@@ -1,5 +1,6 @@
 //! One connection, over WebSocket or the HTTP binding: the handshake, then a reader loop (this task) and a
-//! writer task joined by a bounded queue. The transport is reduced to a stream of [`FromClient`] and a sink of
+//! writer task sharing a bounded queue and the sink (an [`Outlet`]): frames are written by the task that queues
+//! them when nothing is ahead of them, and by the writer task otherwise. The transport is reduced to a stream of [`FromClient`] and a sink of
 //! [`ToClient`]; everything else is the same on both.
 
 use std::sync::Arc;
@@ -13,12 +14,12 @@ use presently_core::protocol::{
     self, Auto, Choice, ClientMessage, ErrorCode, MAX_REF_BYTES, MAX_USERS_PER_REQUEST,
     PROTOCOL_VERSION, Resume, ServerInfo, ServerMessage, ValidationError,
 };
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::Context;
 use crate::auth::AuthError;
-use crate::hub::{Attached, Conn, Intro, Outbound, SessionControl, unix_millis};
+use crate::hub::{Attached, Conn, Intro, SessionControl, unix_millis};
+use crate::outlet::Outlet;
 
 /// WebSocket close codes used by the server (protocol sections 6 and 7).
 mod close_code {
@@ -221,10 +222,10 @@ pub(crate) async fn run(mut stream: Incoming, sink: Outgoing, ctx: Arc<Context>,
         }
     });
 
-    let (tx, rx) = mpsc::channel(ctx.config.outbound_queue);
+    let outlet = Outlet::new(sink, ctx.config.outbound_queue);
     let control = Arc::new(SessionControl::default());
     let conn = Conn {
-        tx: tx.clone(),
+        outlet: outlet.clone(),
         control: control.clone(),
     };
     let config = &ctx.config;
@@ -311,11 +312,16 @@ pub(crate) async fn run(mut stream: Incoming, sink: Outgoing, ctx: Arc<Context>,
     } else {
         ctx.config.ping_interval
     };
-    let writer = tokio::spawn(write_loop(sink, rx, control, ctx.kill.clone(), keep_alive));
+    let writer = tokio::spawn(write_loop(
+        outlet.clone(),
+        control,
+        ctx.kill.clone(),
+        keep_alive,
+    ));
     let (last_inbound_at, end) = connection.read_loop(&mut stream).await;
     drop(connection);
-    drop(tx);
     finish(&ctx, &attached, end, last_inbound_at);
+    outlet.end();
     tracing::info!(%user_id, session_id = %attached.public_id, ?end, "connection ended");
     // Let the writer deliver what was queued (goaway, a last error, the close frame), but not for ever.
     let abort = writer.abort_handle();
@@ -508,9 +514,10 @@ async fn first_text(stream: &mut Incoming) -> Option<Result<String, ()>> {
     }
 }
 
+/// The connection's writer task: keep-alives, and whatever the tasks that queue frames could not write themselves
+/// (see [`Outlet`]); when the connection is stopped from outside, a last error and a close.
 async fn write_loop(
-    mut sink: Outgoing,
-    mut rx: mpsc::Receiver<Outbound>,
+    outlet: Arc<Outlet>,
     control: Arc<SessionControl>,
     kill: tokio_util::sync::CancellationToken,
     ping_interval: Option<Duration>,
@@ -519,32 +526,18 @@ async fn write_loop(
     let mut pings =
         ping_interval.map(|every| tokio::time::interval_at(Instant::now() + every, every));
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = kill.cancelled() => return,
-            _ = control.stopped() => break,
-            _ = tick(pings.as_mut()) => Some(Outbound::Ping),
-            next = rx.recv() => next,
-        };
-        let message = match next {
-            Some(Outbound::Ping) => ToClient::Ping,
-            Some(Outbound::Frame(frame)) => ToClient::Text(frame),
-            Some(Outbound::Close(code, reason)) => {
-                let _ = timeout(LAST_WORDS_TIMEOUT, sink.send(ToClient::Close(code, reason))).await;
-                return;
-            }
-            None => return,
-        };
         tokio::select! {
             biased;
             _ = kill.cancelled() => return,
             _ = control.stopped() => break,
-            sent = sink.send(message) => if sent.is_err() { return },
+            _ = tick(pings.as_mut()) => outlet.queue_ping(),
+            () = outlet.written() => return,
         }
     }
     // Stopped from outside: a connection taken over by a resume just goes; otherwise say why, then close.
     let code = control.reason().cloned().unwrap_or(ErrorCode::ServerError);
     if code == crate::hub::replaced() {
+        outlet.discard();
         return;
     }
     let message = match code {
@@ -553,13 +546,11 @@ async fn write_loop(
         }
         _ => "session stopped",
     };
-    let _ = timeout(LAST_WORDS_TIMEOUT, async {
-        sink.send(ToClient::Text(error_frame(code, message, None)))
-            .await?;
-        sink.send(ToClient::Close(close_code::POLICY, "stopped"))
-            .await
-    })
-    .await;
+    outlet.last_words([
+        ToClient::Text(error_frame(code, message, None)),
+        ToClient::Close(close_code::POLICY, "stopped"),
+    ]);
+    let _ = timeout(LAST_WORDS_TIMEOUT, outlet.written()).await;
 }
 
 async fn tick(interval: Option<&mut tokio::time::Interval>) {
@@ -595,7 +586,14 @@ impl Connection {
 
     fn queue_close(&self, code: u16, reason: &'static str) {
         // A close that does not fit means the queue is full: the connection is being stopped anyway.
-        let _ = self.conn.tx.try_send(Outbound::Close(code, reason));
+        if self
+            .conn
+            .outlet
+            .queue(ToClient::Close(code, reason))
+            .is_ok()
+        {
+            crate::hub::write_soon(&self.conn.outlet);
+        }
     }
 
     /// Whether a status update may go through now; if not, the client is told when to retry.
@@ -704,7 +702,9 @@ impl Connection {
                 Ok((choice, auto)) => {
                     if self.allow_update(reference) {
                         let expires = choice.status.message_expires_at.is_some();
-                        self.ctx.hub.set_choice(self.session, choice, auto);
+                        crate::hub::on_behalf_of(&self.conn.outlet, || {
+                            self.ctx.hub.set_choice(self.session, choice, auto)
+                        });
                         if expires {
                             schedule_message_expiry(&self.ctx, &self.user_id);
                         }
@@ -715,7 +715,9 @@ impl Connection {
             ClientMessage::SetAuto { reference, auto } => match validate_auto(auto) {
                 Ok(auto) => {
                     if self.allow_update(reference) {
-                        self.ctx.hub.set_auto(self.session, auto);
+                        crate::hub::on_behalf_of(&self.conn.outlet, || {
+                            self.ctx.hub.set_auto(self.session, auto)
+                        });
                     }
                 }
                 Err(e) => self.error(ErrorCode::InvalidStatus, e.to_string(), reference),
@@ -724,7 +726,9 @@ impl Connection {
                 match context.as_deref().map(protocol::validate_focus).transpose() {
                     Ok(_) => {
                         if self.allow_update(reference) {
-                            self.ctx.hub.set_focus(self.session, context);
+                            crate::hub::on_behalf_of(&self.conn.outlet, || {
+                                self.ctx.hub.set_focus(self.session, context)
+                            });
                         }
                     }
                     Err(e) => self.error(ErrorCode::InvalidMessage, e.to_string(), reference),
@@ -732,7 +736,9 @@ impl Connection {
             }
             ClientMessage::SetPrivacy { reference, privacy } => {
                 if self.allow_update(reference) {
-                    self.ctx.hub.set_privacy(self.session, privacy);
+                    crate::hub::on_behalf_of(&self.conn.outlet, || {
+                        self.ctx.hub.set_privacy(self.session, privacy)
+                    });
                 }
             }
             ClientMessage::Subscribe { users } => {
