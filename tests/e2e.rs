@@ -512,3 +512,81 @@ async fn an_idle_client_keeps_its_session_on_websocket_pongs_alone() {
     alice.close().await;
     server.shutdown().await;
 }
+
+/// A server whose connections are served by two I/O threads (`ServerConfig::io_threads`).
+async fn start_threaded_server_at(addr: std::net::SocketAddr) -> presently_server::RunningServer {
+    let mut config = server_config(addr);
+    config.io_threads = 2;
+    presently_server::start(config)
+        .await
+        .expect("server starts")
+}
+
+#[tokio::test]
+async fn with_io_threads_changes_reach_watchers_on_every_thread_across_a_restart_and_a_drain() {
+    // Sixteen connections over two listening sockets: the kernel spreads them (all on one has odds of 2^-15),
+    // so changes read by one thread are written to connections served by the other.
+    let server = start_threaded_server_at("127.0.0.1:0".parse().unwrap()).await;
+    let addr = server.local_addr();
+    let users: Vec<String> = (0..16).map(|i| format!("user{i}")).collect();
+    let mut clients = Vec::new();
+    for user in &users {
+        let client = connected_client(&server, user).await;
+        client
+            .subscribe(users.iter().filter(|u| *u != user).map(String::as_str))
+            .unwrap();
+        clients.push(client);
+    }
+    let message = |i: usize, round: &str| format!("{round} {i}");
+    let all_see = |round: &'static str| {
+        let (users, clients) = (&users, &clients);
+        async move {
+            for (watcher, client) in clients.iter().enumerate() {
+                until(
+                    client,
+                    &format!("user{watcher} sees everyone's {round}"),
+                    |c| {
+                        users.iter().enumerate().all(|(i, u)| {
+                            i == watcher
+                                || c.presence(u).is_some_and(|p| {
+                                    p.message.as_deref() == Some(&message(i, round))
+                                })
+                        })
+                    },
+                )
+                .await;
+            }
+        }
+    };
+    for (i, client) in clients.iter().enumerate() {
+        client
+            .set_status(Status::new(Availability::Busy).with_message(message(i, "first")))
+            .unwrap();
+    }
+    all_see("first").await;
+
+    // Killed and started again on the same port: everyone comes back, with their subscriptions.
+    server.kill().await;
+    for client in &clients {
+        until(client, "noticing the server is gone", |c| !is_connected(c)).await;
+    }
+    let server = start_threaded_server_at(addr).await;
+    for client in &clients {
+        until(client, "reconnecting by itself", is_connected).await;
+    }
+    for (i, client) in clients.iter().enumerate() {
+        client
+            .set_status(Status::new(Availability::Away).with_message(message(i, "second")))
+            .unwrap();
+    }
+    all_see("second").await;
+    assert_eq!(server.stats().sessions_active, 16);
+
+    // A drain reaches the connections of both threads.
+    let mut events: Vec<_> = clients.iter().map(|c| c.events()).collect();
+    server.shutdown().await;
+    for events in &mut events {
+        let reason = next_reconnecting_reason(events).await;
+        assert!(reason.contains("server going away"), "{reason}");
+    }
+}

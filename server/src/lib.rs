@@ -95,6 +95,12 @@ pub struct ServerConfig {
     /// Share presence with other server nodes through Redis; `None` keeps it in this process's memory.
     /// Default `None`.
     pub redis: Option<RedisConfig>,
+    /// How many threads serve connections, each with its own event loop (a single-threaded tokio runtime) and
+    /// its own listening socket on the address (`SO_REUSEPORT`: the kernel spreads new connections over them).
+    /// A change is written to its watchers by the thread that read it, whichever thread serves them, and no other
+    /// thread is woken for it. 0 serves every connection on the tokio runtime that called [`start`]. Unix only
+    /// (elsewhere 0 is used). Default 0; the `presently-server` binary uses one per CPU (`--io-threads`).
+    pub io_threads: usize,
 }
 
 impl ServerConfig {
@@ -118,6 +124,7 @@ impl ServerConfig {
             websocket: true,
             sse: true,
             redis: None,
+            io_threads: 0,
         }
     }
 
@@ -167,6 +174,117 @@ pub(crate) struct Context {
     sse: sse::Connections,
 }
 
+/// Where connections are accepted.
+enum Listeners {
+    /// On the runtime that started the server.
+    Here(tokio::net::TcpListener),
+    /// One listener per I/O thread, all on the same address (`SO_REUSEPORT`).
+    Threads(Vec<std::net::TcpListener>),
+}
+
+/// Binds `listen`: one listener, or `io_threads` listeners sharing the address. Returns them and the bound address.
+fn bind(listen: SocketAddr, io_threads: usize) -> Result<(Listeners, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind {
+        addr: listen,
+        source,
+    };
+    let shared = cfg!(unix) && io_threads > 0;
+    let open = |at: SocketAddr| -> std::io::Result<tokio::net::TcpListener> {
+        let socket = if at.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        // Restarting on the same port right after a stop must work (connections may linger in TIME_WAIT).
+        socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        if shared {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(at)?;
+        // A deep accept queue: after a restart every client of the node comes back within seconds, and a full
+        // queue drops their SYNs, which the kernel retries only after 1, 3, 7... seconds (the kernel caps it at
+        // somaxconn).
+        socket.listen(LISTEN_BACKLOG)
+    };
+    let first = open(listen).map_err(bind_error)?;
+    let addr = first.local_addr().map_err(bind_error)?;
+    if !shared {
+        return Ok((Listeners::Here(first), addr));
+    }
+    // The others bind the port the first one got (when `listen` asked for any free port).
+    let mut listeners = vec![first.into_std().map_err(bind_error)?];
+    for _ in 1..io_threads {
+        let listener = open(addr).and_then(|l| l.into_std()).map_err(bind_error)?;
+        listeners.push(listener);
+    }
+    Ok((Listeners::Threads(listeners), addr))
+}
+
+/// Accepts and serves connections until the server drains (in-flight requests are finished) or is killed
+/// (dropped at once).
+async fn serve_until_stopped(listener: tokio::net::TcpListener, app: Router, ctx: Arc<Context>) {
+    let drain = {
+        let (drain, kill) = (ctx.drain.clone(), ctx.kill.clone());
+        async move {
+            tokio::select! {
+                _ = drain.cancelled() => {}
+                _ = kill.cancelled() => {}
+            }
+        }
+    };
+    // Presence frames are small and latency matters: no Nagle delay on any connection.
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            let _ = stream.set_nodelay(true);
+        });
+    let serve = axum::serve(listener, app).with_graceful_shutdown(drain);
+    tokio::select! {
+        served = serve => if let Err(e) = served {
+            tracing::error!(error = %e, "server stopped with an error");
+        },
+        _ = ctx.kill.cancelled() => {}
+    }
+}
+
+/// The body of one I/O thread: its own single-threaded runtime serving the connections its listener accepts.
+/// When the server drains, the thread runs until every session has ended; when it is killed, it stops at once.
+/// Then the runtime is dropped with whatever still runs on it, and `done` is told.
+fn serve_on_own_thread(
+    listener: std::net::TcpListener,
+    app: Router,
+    ctx: Arc<Context>,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start an I/O thread's runtime");
+            ctx.kill.cancel();
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => serve_until_stopped(listener, app, ctx.clone()).await,
+            Err(e) => {
+                tracing::error!(error = %e, "an I/O thread cannot listen");
+                ctx.kill.cancel();
+            }
+        }
+        // Draining: the sessions of this thread still say goodbye (goaway, close) on it; killed: they go with it.
+        tokio::select! {
+            _ = ctx.tracker.wait() => {}
+            _ = ctx.kill.cancelled() => {}
+        }
+    });
+    drop(runtime);
+    let _ = done.send(());
+}
+
 /// A server running in this process.
 pub struct RunningServer {
     addr: SocketAddr,
@@ -201,24 +319,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
                 .into(),
         ));
     }
-    let listen = config.listen;
-    let bind_error = |source| StartError::Bind {
-        addr: listen,
-        source,
-    };
-    let socket = if listen.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(bind_error)?;
-    // Restarting on the same port right after a stop must work (connections may linger in TIME_WAIT).
-    socket.set_reuseaddr(true).map_err(bind_error)?;
-    socket.bind(listen).map_err(bind_error)?;
-    // A deep accept queue: after a restart every client of the node comes back within seconds, and a full queue
-    // drops their SYNs, which the kernel retries only after 1, 3, 7... seconds (the kernel caps it at somaxconn).
-    let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
-    let addr = listener.local_addr().map_err(bind_error)?;
+    let (listeners, addr) = bind(config.listen, config.io_threads)?;
 
     let max_frame_bytes = config.max_frame_bytes;
     let resumable = !config.resume_grace.is_zero();
@@ -273,28 +374,26 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
             axum::routing::put(add_member).delete(remove_member),
         )
         .with_state(ctx.clone());
-    let stop = {
-        let (drain, kill) = (ctx.drain.clone(), ctx.kill.clone());
-        async move {
-            tokio::select! {
-                _ = drain.cancelled() => {}
-                _ = kill.cancelled() => {}
+    let serve = match listeners {
+        Listeners::Here(listener) => tokio::spawn(serve_until_stopped(listener, app, ctx.clone())),
+        Listeners::Threads(listeners) => {
+            let mut finished = Vec::with_capacity(listeners.len());
+            for (i, listener) in listeners.into_iter().enumerate() {
+                let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+                let (app, ctx) = (app.clone(), ctx.clone());
+                std::thread::Builder::new()
+                    .name(format!("presently-io-{i}"))
+                    .spawn(move || serve_on_own_thread(listener, app, ctx, done))
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                finished.push(done_rx);
             }
+            tokio::spawn(async move {
+                for done in finished {
+                    let _ = done.await;
+                }
+            })
         }
     };
-    let serve = tokio::spawn(async move {
-        // Presence frames are small and latency matters: no Nagle delay on any connection.
-        let listener =
-            axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
-                let _ = stream.set_nodelay(true);
-            });
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "server stopped with an error");
-        }
-    });
     tracing::info!(%addr, "listening");
     Ok(RunningServer { addr, ctx, serve })
 }
@@ -634,7 +733,6 @@ impl RunningServer {
         self.ctx.kill.cancel();
         self.ctx.tracker.close();
         self.ctx.tracker.wait().await;
-        self.serve.abort();
         let _ = self.serve.await;
     }
 }

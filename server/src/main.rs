@@ -52,6 +52,11 @@ struct ServeArgs {
     /// Do not serve the HTTP binding (POST + Server-Sent Events).
     #[arg(long)]
     no_sse: bool,
+    /// Threads that serve connections, each with its own event loop and listening socket on the address (the
+    /// kernel spreads new connections over them); 0 serves them on one multi-threaded runtime instead.
+    /// Default: one per CPU (0 where sharing a port between sockets is not available).
+    #[arg(long, env = "PRESENTLY_IO_THREADS")]
+    io_threads: Option<usize>,
     /// Share presence with other nodes through this Redis (e.g. redis://127.0.0.1:6379); without it presence
     /// lives in this process only.
     #[arg(long, env = "PRESENTLY_REDIS", hide_env_values = true)]
@@ -77,8 +82,7 @@ struct TokenArgs {
     secret: String,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -87,10 +91,34 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Token(args)) => token(args),
-        Some(Command::Serve(args)) => serve(args).await,
-        None => serve(cli.serve).await,
+    let args = match cli.command {
+        Some(Command::Token(args)) => return token(args),
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let io_threads = args.io_threads.unwrap_or_else(|| {
+        if cfg!(unix) {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            0
+        }
+    });
+    // With I/O threads, this runtime only waits for Ctrl-C and talks to Redis: one thread is enough.
+    let runtime = if io_threads > 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(serve(args, io_threads)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -113,7 +141,7 @@ fn token(args: TokenArgs) -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> ExitCode {
+async fn serve(args: ServeArgs, io_threads: usize) -> ExitCode {
     let Some(secret) = args.secret else {
         eprintln!(
             "error: a token secret is required: pass --secret or set PRESENTLY_SECRET (at least 16 bytes)"
@@ -128,6 +156,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.admin_token = args.admin_token;
     config.websocket = !args.no_websocket;
     config.sse = !args.no_sse;
+    config.io_threads = io_threads;
     config.redis = args.redis.map(|url| {
         let mut redis = presently_server::RedisConfig::new(url);
         redis.node_ttl = Duration::from_millis(args.redis_node_ttl_ms);
