@@ -4,8 +4,9 @@
 //! Everything happens under one lock, held only for map updates and non-blocking queue pushes, so that the
 //! order in which frames are queued to a session is the order of the changes: a welcome precedes everything
 //! else, and a snapshot queued while subscribing precedes the updates that follow it. The frames queued under
-//! the lock are written once it is released, by the task that released it (see [`write_soon`]): a change goes
-//! out to its watchers from the task that read it, within one poll, and no socket is written under the lock.
+//! the lock are written once it is released (see [`write_soon`]), so that no socket is written and no task woken
+//! under the lock: on an I/O thread by the task that released it (a change goes out to its watchers from the
+//! task that read it, within one poll), on a multi-threaded runtime by the watchers' writer tasks.
 //!
 //! Privacy (protocol section 7, "What a watcher may see") is enforced here, in one place: every record that
 //! leaves the hub is made for its watcher by [`view_of`] and [`record_for`], and a watcher receives a frame only
@@ -1535,6 +1536,25 @@ thread_local! {
     static DEFERRED: RefCell<Vec<Arc<Outlet>>> = const { RefCell::new(Vec::new()) };
     /// The connection whose request this thread is carrying out (see [`on_behalf_of`]), by address.
     static REQUESTER: Cell<usize> = const { Cell::new(0) };
+    /// Whether this thread writes frames to sockets itself (see [`write_inline_on_this_thread`]).
+    static WRITES_INLINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes this thread write the frames it queues to connections itself, instead of waking their writer tasks.
+/// For threads that run their own event loop (`ServerConfig::io_threads`): the frames of a change go out within
+/// the one poll that read it and no other thread is woken for them. On a multi-threaded runtime the writer tasks,
+/// spread over its workers, write in parallel, which does better under load.
+pub(crate) fn write_inline_on_this_thread() {
+    WRITES_INLINE.set(true);
+}
+
+/// Writes what was queued to `outlet` from this thread, or has its writer task do it.
+fn flush(outlet: &Outlet, inline: bool) {
+    if inline && WRITES_INLINE.get() && !std::thread::panicking() {
+        outlet.write_now();
+    } else {
+        outlet.wake_writer();
+    }
 }
 
 /// Runs `request`, made by the connection of `outlet`: frames that it queues to that connection (its answer, the
@@ -1555,12 +1575,11 @@ fn address(outlet: &Arc<Outlet>) -> usize {
     Arc::as_ptr(outlet) as usize
 }
 
-/// Has what was just queued to `outlet` written: at once, from this task, when this thread does not hold the hub's
-/// lock; otherwise as soon as it releases it, so that no socket is written under the lock. The frames of a
-/// change thereby go out from the task that made it, without waking each watcher's writer task.
+/// Has what was just queued to `outlet` written (see [`flush`]): at once when this thread does not hold the hub's
+/// lock; otherwise as soon as it releases it, so that no socket is written and no task woken under the lock.
 pub(crate) fn write_soon(outlet: &Arc<Outlet>) {
     if LOCKS_HELD.get() == 0 {
-        outlet.write_now();
+        flush(outlet, true);
         return;
     }
     DEFERRED.with_borrow_mut(|deferred| {
@@ -1595,11 +1614,7 @@ impl Drop for DeferredWrites {
         let others = outlets.iter().filter(|o| address(o) != requester);
         let requesters = outlets.iter().filter(|o| address(o) == requester);
         for (i, outlet) in others.chain(requesters).enumerate() {
-            if i < INLINE_WRITES_PER_RELEASE && !std::thread::panicking() {
-                outlet.write_now();
-            } else {
-                outlet.wake_writer();
-            }
+            flush(outlet, i < INLINE_WRITES_PER_RELEASE);
         }
         // Keep the allocation for the next release.
         outlets.clear();

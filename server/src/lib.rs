@@ -267,6 +267,8 @@ fn serve_on_own_thread(
             return;
         }
     };
+    // This thread's event loop serves its connections alone: it writes its changes to watchers itself.
+    hub::write_inline_on_this_thread();
     runtime.block_on(async move {
         match tokio::net::TcpListener::from_std(listener) {
             Ok(listener) => serve_until_stopped(listener, app, ctx.clone()).await,

@@ -1,9 +1,10 @@
 //! A connection's way out: the frames queued for it and the sink they go to, shared between the connection's
 //! writer task and the tasks that make changes.
 //!
-//! A task that fans a change out writes each watcher's frame itself, straight after the hub's lock is released
-//! ([`Outlet::write_now`]), when nothing is ahead of it: no writer task is woken, and the change reaches its
-//! watchers within the one task poll that read it. Whatever the sink cannot take at once stays queued, in order,
+//! On an I/O thread (`ServerConfig::io_threads`), a task that fans a change out writes each watcher's frame
+//! itself, straight after the hub's lock is released ([`Outlet::write_now`]), when nothing is ahead of it: no
+//! writer task is woken, and the change reaches its watchers within the one task poll that read it. On a
+//! multi-threaded runtime the writer tasks are woken instead ([`Outlet::wake_writer`]) and write in parallel. Whatever the sink cannot take at once stays queued, in order,
 //! and the writer task takes over: the sink keeps the writer task's waker, so it is woken when the socket can
 //! take more. Every poll of the sink happens under the outlet's lock, so frames go out in the order they were
 //! queued, whoever writes them. As before, one frame at a time is handed to the sink and flushed, so what waits

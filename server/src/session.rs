@@ -1,6 +1,6 @@
 //! One connection, over WebSocket or the HTTP binding: the handshake, then a reader loop (this task) and a
-//! writer task sharing a bounded queue and the sink (an [`Outlet`]): frames are written by the task that queues
-//! them when nothing is ahead of them, and by the writer task otherwise. The transport is reduced to a stream of [`FromClient`] and a sink of
+//! writer task sharing a bounded queue and the sink (an [`Outlet`]): on an I/O thread, frames are written by the
+//! task that queues them when nothing is ahead of them, and by the writer task otherwise. The transport is reduced to a stream of [`FromClient`] and a sink of
 //! [`ToClient`]; everything else is the same on both.
 
 use std::sync::Arc;
