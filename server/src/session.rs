@@ -522,9 +522,15 @@ async fn write_loop(
     kill: tokio_util::sync::CancellationToken,
     ping_interval: Option<Duration>,
 ) {
-    // WebSocket pings: browsers answer them without running page code (protocol section 5).
-    let mut pings =
-        ping_interval.map(|every| tokio::time::interval_at(Instant::now() + every, every));
+    // WebSocket pings: browsers answer them without running page code (protocol section 5). The first one comes at
+    // a random point of the interval, so that connections opened together (every client of a node, after a
+    // restart) do not ping together for ever after: bursts of thousands of pings held up changes behind them.
+    let mut pings = ping_interval.map(|every| {
+        let first = every
+            .mul_f64(rand::random::<f64>())
+            .max(Duration::from_millis(1));
+        tokio::time::interval_at(Instant::now() + first, every)
+    });
     loop {
         tokio::select! {
             biased;
