@@ -216,7 +216,18 @@ async fn a_server_that_stops_reading_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_not_buffered_and_catches_up() {
+    client_stops_reading(0).await;
+}
+
+/// The same on a server whose I/O threads write changes to watchers' sockets themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_io_threads_a_client_that_stops_reading_is_cut_off_not_buffered_and_catches_up() {
+    client_stops_reading(2).await;
+}
+
+async fn client_stops_reading(io_threads: usize) {
     let mut config = config();
+    config.io_threads = io_threads;
     config.outbound_queue = 32;
     config.status_burst = 1_000_000;
     config.status_per_second = 1_000_000.0;
