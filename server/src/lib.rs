@@ -221,9 +221,14 @@ fn bind(listen: SocketAddr, io_threads: usize) -> Result<(Listeners, SocketAddr)
     Ok((Listeners::Threads(listeners), addr))
 }
 
-/// Accepts and serves connections until the server drains (in-flight requests are finished) or is killed
-/// (dropped at once).
-async fn serve_until_stopped(listener: tokio::net::TcpListener, app: Router, ctx: Arc<Context>) {
+/// Accepts and serves connections until the server drains (in-flight requests are finished) or `halt` is
+/// cancelled (dropped at once).
+async fn serve_until_stopped(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    ctx: Arc<Context>,
+    halt: CancellationToken,
+) {
     let drain = {
         let (drain, kill) = (ctx.drain.clone(), ctx.kill.clone());
         async move {
@@ -243,17 +248,18 @@ async fn serve_until_stopped(listener: tokio::net::TcpListener, app: Router, ctx
         served = serve => if let Err(e) = served {
             tracing::error!(error = %e, "server stopped with an error");
         },
-        _ = ctx.kill.cancelled() => {}
+        _ = halt.cancelled() => {}
     }
 }
 
 /// The body of one I/O thread: its own single-threaded runtime serving the connections its listener accepts.
-/// When the server drains, the thread runs until every session has ended; when it is killed, it stops at once.
-/// Then the runtime is dropped with whatever still runs on it, and `done` is told.
+/// When the server drains, the thread runs until every session has ended; when `halt` is cancelled (the server is
+/// killed), it stops at once. Then the runtime is dropped with whatever still runs on it, and `done` is told.
 fn serve_on_own_thread(
     listener: std::net::TcpListener,
     app: Router,
     ctx: Arc<Context>,
+    halt: CancellationToken,
     done: tokio::sync::oneshot::Sender<()>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -271,7 +277,7 @@ fn serve_on_own_thread(
     hub::write_inline_on_this_thread();
     runtime.block_on(async move {
         match tokio::net::TcpListener::from_std(listener) {
-            Ok(listener) => serve_until_stopped(listener, app, ctx.clone()).await,
+            Ok(listener) => serve_until_stopped(listener, app, ctx.clone(), halt.clone()).await,
             Err(e) => {
                 tracing::error!(error = %e, "an I/O thread cannot listen");
                 ctx.kill.cancel();
@@ -280,7 +286,7 @@ fn serve_on_own_thread(
         // Draining: the sessions of this thread still say goodbye (goaway, close) on it; killed: they go with it.
         tokio::select! {
             _ = ctx.tracker.wait() => {}
-            _ = ctx.kill.cancelled() => {}
+            _ = halt.cancelled() => {}
         }
     });
     drop(runtime);
@@ -377,19 +383,30 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         )
         .with_state(ctx.clone());
     let serve = match listeners {
-        Listeners::Here(listener) => tokio::spawn(serve_until_stopped(listener, app, ctx.clone())),
+        Listeners::Here(listener) => tokio::spawn(serve_until_stopped(
+            listener,
+            app,
+            ctx.clone(),
+            ctx.kill.clone(),
+        )),
         Listeners::Threads(listeners) => {
+            // The threads stop when the server is killed, and also when this task goes with the runtime that
+            // started the server (or starting fails half-way), as a server on that runtime would: no listener is
+            // left sharing the port with a server started after it.
+            let halt = ctx.kill.child_token();
+            let halt_when_dropped = halt.clone().drop_guard();
             let mut finished = Vec::with_capacity(listeners.len());
             for (i, listener) in listeners.into_iter().enumerate() {
                 let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
-                let (app, ctx) = (app.clone(), ctx.clone());
+                let (app, ctx, halt) = (app.clone(), ctx.clone(), halt.clone());
                 std::thread::Builder::new()
                     .name(format!("presently-io-{i}"))
-                    .spawn(move || serve_on_own_thread(listener, app, ctx, done))
+                    .spawn(move || serve_on_own_thread(listener, app, ctx, halt, done))
                     .map_err(|source| StartError::Bind { addr, source })?;
                 finished.push(done_rx);
             }
             tokio::spawn(async move {
+                let _halt_when_dropped = halt_when_dropped;
                 for done in finished {
                     let _ = done.await;
                 }

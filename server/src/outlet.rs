@@ -4,9 +4,9 @@
 //! On an I/O thread (`ServerConfig::io_threads`), a task that fans a change out writes each watcher's frame
 //! itself, straight after the hub's lock is released ([`Outlet::write_now`]), when nothing is ahead of it: no
 //! writer task is woken, and the change reaches its watchers within the one task poll that read it. On a
-//! multi-threaded runtime the writer tasks are woken instead ([`Outlet::wake_writer`]) and write in parallel. Whatever the sink cannot take at once stays queued, in order,
-//! and the writer task takes over: the sink keeps the writer task's waker, so it is woken when the socket can
-//! take more. Every poll of the sink happens under the outlet's lock, so frames go out in the order they were
+//! multi-threaded runtime the writer tasks are woken instead ([`Outlet::wake_writer`]) and write in parallel.
+//! Whatever the sink cannot take at once stays queued, in order, and the writer task takes over: the sink keeps
+//! the writer task's waker, so it is woken when the socket can take more. Every poll of the sink happens under the outlet's lock, so frames go out in the order they were
 //! queued, whoever writes them. As before, one frame at a time is handed to the sink and flushed, so what waits
 //! for a slow reader is bounded by the queue's capacity.
 
@@ -33,7 +33,8 @@ pub(crate) struct Outlet {
 }
 
 struct State {
-    sink: Outgoing,
+    /// Dropped once nothing more will be written, which closes the connection's transport.
+    sink: Option<Outgoing>,
     queue: VecDeque<ToClient>,
     /// The writer task's waker, known once it has run: the sink is always polled with it, so that whatever the
     /// sink cannot do at once wakes the writer task.
@@ -49,13 +50,16 @@ struct State {
 
 impl std::fmt::Debug for Outlet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = self.lock();
-        f.debug_struct("Outlet")
-            .field("queued", &state.queue.len())
-            .field("capacity", &self.capacity)
-            .field("accepting", &state.accepting)
-            .field("finished", &state.finished)
-            .finish()
+        // Never waits for the lock: whoever holds it must be writing (see `write_now`).
+        let mut debug = f.debug_struct("Outlet");
+        debug.field("capacity", &self.capacity);
+        if let Ok(state) = self.state.try_lock() {
+            debug
+                .field("queued", &state.queue.len())
+                .field("accepting", &state.accepting)
+                .field("finished", &state.finished);
+        }
+        debug.finish()
     }
 }
 
@@ -64,7 +68,7 @@ impl Outlet {
     pub(crate) fn new(sink: Outgoing, capacity: usize) -> Arc<Self> {
         Arc::new(Outlet {
             state: Mutex::new(State {
-                sink,
+                sink: Some(sink),
                 queue: VecDeque::new(),
                 writer: None,
                 accepting: true,
@@ -93,10 +97,10 @@ impl Outlet {
         Ok(())
     }
 
-    /// Queues a keep-alive, whatever the queue holds (a full queue is about to stop the connection anyway).
+    /// Queues a keep-alive, unless one is already waiting (a client that never reads does not pile them up).
     pub(crate) fn queue_ping(&self) {
         let mut state = self.lock();
-        if state.accepting {
+        if state.accepting && !state.queue.iter().any(|m| matches!(m, ToClient::Ping)) {
             state.queue.push_back(ToClient::Ping);
         }
     }
@@ -137,6 +141,12 @@ impl Outlet {
         }
     }
 
+    /// Writes nothing more: drops what is queued and the sink (which closes the transport). For when the
+    /// connection is over, so that no holder of the outlet keeps its socket open.
+    pub(crate) fn close(&self) {
+        let _ = self.lock().finish();
+    }
+
     /// Drops what is queued and accepts nothing more: the connection goes without another word.
     pub(crate) fn discard(&self) {
         let mut state = self.lock();
@@ -175,10 +185,10 @@ impl State {
     /// pending when the sink must wait (it then wakes `cx`) or when the queue is empty.
     fn write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            if self.finished {
+            let Some(sink) = self.sink.as_mut().filter(|_| !self.finished) else {
                 return Poll::Ready(());
-            }
-            match self.sink.as_mut().poll_flush(cx) {
+            };
+            match sink.as_mut().poll_flush(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(())) => return self.finish(),
                 Poll::Ready(Ok(())) => {}
@@ -189,7 +199,7 @@ impl State {
             if self.queue.is_empty() {
                 return Poll::Pending;
             }
-            match self.sink.as_mut().poll_ready(cx) {
+            match sink.as_mut().poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(())) => return self.finish(),
                 Poll::Ready(Ok(())) => {}
@@ -198,7 +208,7 @@ impl State {
                 continue;
             };
             self.closing = matches!(message, ToClient::Close(..));
-            if self.sink.as_mut().start_send(message).is_err() {
+            if sink.as_mut().start_send(message).is_err() {
                 return self.finish();
             }
         }
@@ -208,6 +218,7 @@ impl State {
         self.finished = true;
         self.accepting = false;
         self.queue.clear();
+        self.sink = None;
         Poll::Ready(())
     }
 }
@@ -397,6 +408,35 @@ mod tests {
             outlet.queue(text(f)).unwrap();
         }
         (outlet, sink)
+    }
+
+    #[test]
+    fn keep_alives_do_not_pile_up_and_a_closed_outlet_lets_its_sink_go() {
+        let (outlet, sink) = outlet(8);
+        let wakes = Arc::new(Counter(AtomicUsize::new(0)));
+        sink.block(true);
+        assert!(poll_writer(&outlet, &wakes).is_pending());
+        outlet.queue_ping();
+        outlet.queue_ping();
+        outlet.queue(text("a")).unwrap();
+        outlet.queue_ping();
+        sink.block(false);
+        assert!(poll_writer(&outlet, &wakes).is_pending());
+        assert_eq!(sink.sent(), ["ping", "a"]);
+
+        assert_eq!(
+            Arc::strong_count(&sink.inner),
+            2,
+            "the outlet holds the sink"
+        );
+        outlet.close();
+        assert_eq!(
+            Arc::strong_count(&sink.inner),
+            1,
+            "closed: the sink is gone"
+        );
+        assert_eq!(outlet.queue(text("b")), Err(Refused::Closed));
+        assert!(poll_writer(&outlet, &wakes).is_ready());
     }
 
     #[test]

@@ -223,6 +223,9 @@ pub(crate) async fn run(mut stream: Incoming, sink: Outgoing, ctx: Arc<Context>,
     });
 
     let outlet = Outlet::new(sink, ctx.config.outbound_queue);
+    // However this task ends (even dropped with its runtime), the transport closes with it, whoever still holds
+    // the outlet (a session the hub keeps).
+    let _close_outlet = CloseOnDrop(outlet.clone());
     let control = Arc::new(SessionControl::default());
     let conn = Conn {
         outlet: outlet.clone(),
@@ -327,6 +330,15 @@ pub(crate) async fn run(mut stream: Incoming, sink: Outgoing, ctx: Arc<Context>,
     let abort = writer.abort_handle();
     if timeout(LAST_WORDS_TIMEOUT * 2, writer).await.is_err() {
         abort.abort();
+    }
+}
+
+/// Closes an outlet when dropped.
+struct CloseOnDrop(Arc<Outlet>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
