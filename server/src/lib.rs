@@ -99,7 +99,8 @@ pub struct ServerConfig {
     /// its own listening socket on the address (`SO_REUSEPORT`: the kernel spreads new connections over them).
     /// A change is written to its watchers by the thread that read it, whichever thread serves them, and no other
     /// thread is woken for it. 0 serves every connection on the tokio runtime that called [`start`]. Unix only
-    /// (elsewhere 0 is used). Default 0; the `presently-server` binary uses one per CPU (`--io-threads`).
+    /// (elsewhere 0 is used). Default 0; the `presently-server` binary uses half the CPUs, at least one
+    /// (`--io-threads`).
     pub io_threads: usize,
 }
 

@@ -54,7 +54,7 @@ struct ServeArgs {
     no_sse: bool,
     /// Threads that serve connections, each with its own event loop and listening socket on the address (the
     /// kernel spreads new connections over them); 0 serves them on one multi-threaded runtime instead.
-    /// Default: one per CPU (0 where sharing a port between sockets is not available).
+    /// Default: half the CPUs, at least one (0 where sharing a port between sockets is not available).
     #[arg(long, env = "PRESENTLY_IO_THREADS")]
     io_threads: Option<usize>,
     /// Share presence with other nodes through this Redis (e.g. redis://127.0.0.1:6379); without it presence
@@ -96,13 +96,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => args,
         None => cli.serve,
     };
-    let io_threads = args.io_threads.unwrap_or_else(|| {
-        if cfg!(unix) {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            0
-        }
-    });
+    let io_threads = args.io_threads.unwrap_or_else(default_io_threads);
     // With I/O threads, this runtime waits for Ctrl-C and carries the work of a cluster (Redis, and the changes
     // of other nodes fanned out to this node's watchers): with one thread it saturated at 8,000 changes a second.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -133,6 +127,18 @@ fn token(args: TokenArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Half the CPUs, at least one: each I/O thread wakes on its own for its connections' timers and frames, and
+/// where waking a thread is dear (virtual machines) fewer threads gave lower latency up to 1,000 changes a
+/// second (BENCHMARKS.md); the other CPUs are left to the kernel's network work and the main runtime. 0 (one
+/// multi-threaded runtime) where sharing a port between sockets is not available.
+fn default_io_threads() -> usize {
+    if cfg!(unix) {
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    } else {
+        0
     }
 }
 

@@ -11,8 +11,12 @@
 //! for a slow reader is bounded by the queue's capacity.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::session::{Outgoing, ToClient};
 
@@ -30,6 +34,10 @@ pub(crate) struct Outlet {
     state: Mutex<State>,
     /// The most messages the queue holds (keep-alives aside).
     capacity: usize,
+    /// When the outlet was made: the instant `heard_ms` counts from.
+    origin: Instant,
+    /// When the last frame from the client arrived, in milliseconds since `origin`; `u64::MAX` before any.
+    heard_ms: AtomicU64,
 }
 
 struct State {
@@ -46,6 +54,8 @@ struct State {
     /// Nothing more will be written: everything went out and the connection ended, a close went out, or the sink
     /// failed.
     finished: bool,
+    /// When the last message was handed to the sink.
+    wrote_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Outlet {
@@ -74,9 +84,30 @@ impl Outlet {
                 accepting: true,
                 closing: false,
                 finished: false,
+                wrote_at: None,
             }),
             capacity,
+            origin: Instant::now(),
+            heard_ms: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Notes that a frame from the client arrived at `at` (see [`Outlet::queue_ping`]).
+    pub(crate) fn heard(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.origin).as_millis();
+        self.heard_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    /// Whether a frame from the client arrived within `within` before `now`.
+    fn heard_within(&self, now: Instant, within: Duration) -> bool {
+        match self.heard_ms.load(Ordering::Relaxed) {
+            u64::MAX => false,
+            ms => {
+                let at = self.origin + Duration::from_millis(ms);
+                now.saturating_duration_since(at) <= within
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -97,12 +128,24 @@ impl Outlet {
         Ok(())
     }
 
-    /// Queues a keep-alive, unless one is already waiting (a client that never reads does not pile them up).
-    pub(crate) fn queue_ping(&self) {
+    /// Queues a keep-alive due at `now`, unless one is already waiting (a client that never reads does not pile
+    /// them up) or the link is known to be alive both ways: within `recent` before `now`, a frame from the client
+    /// arrived ([`Outlet::heard`]) and a message was written to it (protocol section 5). Returns whether it was
+    /// queued.
+    pub(crate) fn queue_ping(&self, now: Instant, recent: Duration) -> bool {
+        let heard = self.heard_within(now, recent);
         let mut state = self.lock();
-        if state.accepting && !state.queue.iter().any(|m| matches!(m, ToClient::Ping)) {
-            state.queue.push_back(ToClient::Ping);
+        let wrote = state
+            .wrote_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= recent);
+        if (heard && wrote)
+            || !state.accepting
+            || state.queue.iter().any(|m| matches!(m, ToClient::Ping))
+        {
+            return false;
         }
+        state.queue.push_back(ToClient::Ping);
+        true
     }
 
     /// Writes what is queued, as far as the sink takes it without waiting, from the calling task. Does nothing
@@ -211,6 +254,7 @@ impl State {
             if sink.as_mut().start_send(message).is_err() {
                 return self.finish();
             }
+            self.wrote_at = Some(Instant::now());
         }
     }
 
@@ -397,9 +441,59 @@ mod tests {
 
         let (outlet, sink) = outlet_with_queue(&["x", "y"]);
         outlet.last_words([text("error"), ToClient::Close(1008, "stopped")]);
-        outlet.queue_ping();
+        ping(&outlet);
         assert!(poll_writer(&outlet, &wakes).is_ready());
         assert_eq!(sink.sent(), ["error", "close 1008"]);
+    }
+
+    /// A keep-alive due now, whatever the link carried.
+    fn ping(outlet: &Outlet) -> bool {
+        outlet.queue_ping(Instant::now(), Duration::ZERO)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_link_alive_both_ways_in_the_recent_window_is_not_pinged() {
+        let recent = Duration::from_millis(7_500);
+        let (outlet, sink) = outlet(8);
+        let wakes = Arc::new(Counter(AtomicUsize::new(0)));
+        assert!(poll_writer(&outlet, &wakes).is_pending());
+
+        // Nothing either way yet: pinged.
+        assert!(outlet.queue_ping(Instant::now(), recent));
+        assert!(poll_writer(&outlet, &wakes).is_pending());
+        assert_eq!(sink.sent(), ["ping"]);
+
+        // Written to (the ping) and heard from within the window: skipped, up to the window's end.
+        outlet.heard(Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!outlet.queue_ping(Instant::now(), recent));
+        tokio::time::advance(Duration::from_millis(2_500)).await;
+        assert!(!outlet.queue_ping(Instant::now(), recent));
+        // Both longer ago than the window: pinged.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(outlet.queue_ping(Instant::now(), recent));
+        assert!(poll_writer(&outlet, &wakes).is_pending());
+        assert_eq!(sink.sent(), ["ping", "ping"]);
+
+        // Written to lately (the ping just now), heard from long ago: pinged.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(outlet.queue_ping(Instant::now(), recent));
+        assert!(poll_writer(&outlet, &wakes).is_pending());
+
+        // Heard from lately, written to long ago: pinged.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        outlet.heard(Instant::now());
+        assert!(outlet.queue_ping(Instant::now(), recent));
+        assert!(poll_writer(&outlet, &wakes).is_pending());
+        assert_eq!(sink.sent(), ["ping", "ping", "ping", "ping"]);
+
+        // A data frame counts as written to, like a ping.
+        outlet.queue(text("a")).unwrap();
+        assert!(poll_writer(&outlet, &wakes).is_pending());
+        outlet.heard(Instant::now());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(!outlet.queue_ping(Instant::now(), recent));
+        assert_eq!(sink.sent(), ["ping", "ping", "ping", "ping", "a"]);
     }
 
     fn outlet_with_queue(frames: &[&str]) -> (Arc<Outlet>, Recorder) {
@@ -416,10 +510,10 @@ mod tests {
         let wakes = Arc::new(Counter(AtomicUsize::new(0)));
         sink.block(true);
         assert!(poll_writer(&outlet, &wakes).is_pending());
-        outlet.queue_ping();
-        outlet.queue_ping();
+        assert!(ping(&outlet));
+        assert!(!ping(&outlet), "one is waiting already");
         outlet.queue(text("a")).unwrap();
-        outlet.queue_ping();
+        assert!(!ping(&outlet));
         sink.block(false);
         assert!(poll_writer(&outlet, &wakes).is_pending());
         assert_eq!(sink.sent(), ["ping", "a"]);

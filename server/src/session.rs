@@ -548,7 +548,12 @@ async fn write_loop(
             biased;
             _ = kill.cancelled() => return,
             _ = control.stopped() => break,
-            _ = tick(pings.as_mut()) => outlet.queue_ping(),
+            _ = tick(pings.as_mut()) => {
+                // A link that carried frames both ways in the last half interval is known to be alive.
+                // The writer task writes it (`written`, next turn of the loop).
+                let recent = ping_interval.unwrap_or_default() / 2;
+                outlet.queue_ping(Instant::now(), recent);
+            }
             () = outlet.written() => return,
         }
     }
@@ -640,8 +645,10 @@ impl Connection {
     /// Reads until the connection ends; returns when the last frame arrived (Unix ms) and how it ended.
     async fn read_loop(&mut self, stream: &mut Incoming) -> (u64, End) {
         let ttl = self.ctx.config.session_ttl;
+        // The hello has just arrived.
         let mut last_inbound = Instant::now();
         let mut last_inbound_at = unix_millis();
+        self.conn.outlet.heard(last_inbound);
         let control = self.conn.control.clone();
         let end = loop {
             tokio::select! {
@@ -664,6 +671,7 @@ impl Connection {
                 message = stream.next() => {
                     let Some(message) = message else { break End::Dropped };
                     last_inbound = Instant::now();
+                    self.conn.outlet.heard(last_inbound);
                     last_inbound_at = unix_millis();
                     match message {
                         FromClient::Text(text) => match self.handle_text(&text).await {

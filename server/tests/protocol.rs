@@ -830,6 +830,38 @@ async fn the_server_pings_so_a_throttled_client_stays_alive() {
 }
 
 #[tokio::test]
+async fn a_link_busy_both_ways_is_not_pinged_and_a_quiet_one_is() {
+    let mut c = config();
+    c = c.with_heartbeat(Duration::from_secs(1), Duration::from_secs(3));
+    let server = server_with(c).await; // pings every 1 s, unless frames went both ways in the last 500 ms
+    let mut raw = Raw::session(&server, "alice").await;
+    // Busy for 3 s: a `ping` of its own every 50 ms, each answered with `pong`.
+    let busy_until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut answered = 0;
+    while tokio::time::Instant::now() < busy_until {
+        raw.send(json!({"type": "ping", "ref": answered.to_string()}))
+            .await;
+        assert_eq!(raw.recv().await["type"], "pong");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        raw.pings, 0,
+        "a link that carried frames both ways within half an interval needs no ping"
+    );
+    // Quiet for 2.5 s: pinged again, and the pongs keep the session.
+    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(2_500);
+    let mut pings = 0;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(quiet_until, raw.ws.next()).await {
+        if let Message::Ping(_) = message {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 1, "{pings} pings in 2.5 s of silence");
+    assert_eq!(server.stats().sessions_detached, 0, "never dropped");
+}
+
+#[tokio::test]
 async fn status_updates_are_rate_limited_without_disconnecting() {
     let server = server().await; // burst 10, 5 per second
     let mut raw = Raw::session(&server, "alice").await;
