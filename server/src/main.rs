@@ -131,8 +131,8 @@ fn token(args: TokenArgs) -> ExitCode {
 }
 
 /// Half the CPUs, at least one: each I/O thread wakes on its own for its connections' timers and frames, and
-/// where waking a thread is dear (virtual machines) fewer threads gave lower latency up to 1,000 changes a
-/// second (BENCHMARKS.md); the other CPUs are left to the kernel's network work and the main runtime. 0 (one
+/// where waking a thread is dear (virtual machines) fewer threads gave a lower p99 with thousands of connections
+/// (BENCHMARKS.md); the other CPUs are left to the kernel's network work and the main runtime. 0 (one
 /// multi-threaded runtime) where sharing a port between sockets is not available.
 fn default_io_threads() -> usize {
     if cfg!(unix) {

@@ -543,15 +543,15 @@ async fn write_loop(
             .max(Duration::from_millis(1));
         tokio::time::interval_at(Instant::now() + first, every)
     });
+    // A link that carried frames both ways within the last half interval is known to be alive: no ping.
+    let recent = ping_interval.unwrap_or_default() / 2;
     loop {
         tokio::select! {
             biased;
             _ = kill.cancelled() => return,
             _ = control.stopped() => break,
+            // Queued here, written by `written` on the next turn of the loop.
             _ = tick(pings.as_mut()) => {
-                // A link that carried frames both ways in the last half interval is known to be alive.
-                // The writer task writes it (`written`, next turn of the loop).
-                let recent = ping_interval.unwrap_or_default() / 2;
                 outlet.queue_ping(Instant::now(), recent);
             }
             () = outlet.written() => return,

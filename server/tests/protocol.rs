@@ -103,6 +103,18 @@ impl Raw {
         }
     }
 
+    /// Sends nothing for `silence` (its WebSocket layer answers pings) and counts the pings that came meanwhile.
+    async fn pings_while_silent(&mut self, silence: Duration) -> u32 {
+        let until = tokio::time::Instant::now() + silence;
+        let mut pings = 0;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, self.ws.next()).await {
+            if let Message::Ping(_) = message {
+                pings += 1;
+            }
+        }
+        pings
+    }
+
     /// The next JSON frame, whatever its type (control frames skipped).
     async fn recv_any(&mut self) -> Value {
         // One deadline for the whole wait: the server's pings must not keep extending it.
@@ -816,13 +828,7 @@ async fn the_server_pings_so_a_throttled_client_stays_alive() {
     let server = server().await; // pings every 300 ms, TTL 900 ms
     let mut raw = Raw::session(&server, "alice").await;
     // The client sends nothing for 2 s, but its WebSocket layer answers the server's pings.
-    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-    let mut pings = 0;
-    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(until, raw.ws.next()).await {
-        if let Message::Ping(_) = message {
-            pings += 1;
-        }
-    }
+    let pings = raw.pings_while_silent(Duration::from_secs(2)).await;
     assert!(pings >= 4, "{pings} pings in 2 s at one per 300 ms");
     raw.send(json!({"type": "ping", "ref": "still here"})).await;
     assert_eq!(raw.recv().await["ref"], "still here");
@@ -850,13 +856,7 @@ async fn a_link_busy_both_ways_is_not_pinged_and_a_quiet_one_is() {
         "a link that carried frames both ways within half an interval needs no ping"
     );
     // Quiet for 2.5 s: pinged again, and the pongs keep the session.
-    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(2_500);
-    let mut pings = 0;
-    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(quiet_until, raw.ws.next()).await {
-        if let Message::Ping(_) = message {
-            pings += 1;
-        }
-    }
+    let pings = raw.pings_while_silent(Duration::from_millis(2_500)).await;
     assert!(pings >= 1, "{pings} pings in 2.5 s of silence");
     assert_eq!(server.stats().sessions_detached, 0, "never dropped");
 }
