@@ -190,13 +190,6 @@ impl Outlet {
         let _ = self.lock().finish();
     }
 
-    /// Drops what is queued and accepts nothing more: the connection goes without another word.
-    pub(crate) fn discard(&self) {
-        let mut state = self.lock();
-        state.accepting = false;
-        state.queue.clear();
-    }
-
     /// Replaces what is queued by `last`, and accepts nothing more.
     pub(crate) fn last_words(&self, last: impl IntoIterator<Item = ToClient>) {
         let mut state = self.lock();

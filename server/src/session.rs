@@ -560,7 +560,7 @@ async fn write_loop(
     // Stopped from outside: a connection taken over by a resume just goes; otherwise say why, then close.
     let code = control.reason().cloned().unwrap_or(ErrorCode::ServerError);
     if code == crate::hub::replaced() {
-        outlet.discard();
+        outlet.close();
         return;
     }
     let message = match code {
