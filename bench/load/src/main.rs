@@ -343,7 +343,20 @@ async fn watch_and_measure(
 /// turns in a random order; each change carries the instant it was made (ns since `origin`) as its message.
 /// Sleeps until the next one is due, so that the load generator is idle between changes. Returns how many it
 /// made.
+///
+/// Runs as a task of its own rather than in the runtime's main future: a main future that yields is woken through
+/// the I/O driver (an eventfd write, then one more turn of `epoll_wait`), work that the load generator would do
+/// between a change leaving it and the change's frames coming back. A task that yields just goes to the back of
+/// the run queue.
 async fn steady_changes(clients: &[Client], rate: u64, total: u64, origin: Instant) -> Result<u64> {
+    let clients = clients.to_vec();
+    tokio::spawn(async move { make_changes(&clients, rate, total, origin).await })
+        .await
+        .map_err(|e| format!("the task making changes failed: {e}"))?
+}
+
+/// The body of [`steady_changes`].
+async fn make_changes(clients: &[Client], rate: u64, total: u64, origin: Instant) -> Result<u64> {
     // Clients take turns in a shuffled order, so that no one changes faster than `rate / clients` a second: a
     // client over the server's status rate limit would have its intermediate changes superseded (protocol
     // section 7, rate limit), which would count as lost here.
