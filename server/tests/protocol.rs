@@ -837,9 +837,8 @@ async fn the_server_pings_so_a_throttled_client_stays_alive() {
 
 #[tokio::test]
 async fn a_link_busy_both_ways_is_not_pinged_and_a_quiet_one_is() {
-    let mut c = config();
-    c = c.with_heartbeat(Duration::from_secs(1), Duration::from_secs(3));
-    let server = server_with(c).await; // pings every 1 s, unless frames went both ways in the last 500 ms
+    let config = config().with_heartbeat(Duration::from_secs(1), Duration::from_secs(3));
+    let server = server_with(config).await; // pings every 1 s, unless frames went both ways in the last 500 ms
     let mut raw = Raw::session(&server, "alice").await;
     // Busy for 3 s: a `ping` of its own every 50 ms, each answered with `pong`.
     let busy_until = tokio::time::Instant::now() + Duration::from_secs(3);
