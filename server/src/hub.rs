@@ -596,7 +596,7 @@ impl Hub {
             }
         }
         if before.choice != state.users.get(user_id)?.canon.choice {
-            self.send_choice(state, user_id);
+            self.send_choice(state, user_id, None);
         }
         self.fan_out(state, user_id);
         if !local {
@@ -788,7 +788,8 @@ impl Hub {
             self.push(&conn, welcome(&public_id, false, current));
             self.push(&conn, privacy_frame(user.canon.privacy));
             if choice_changed {
-                self.send_choice(state, user_id);
+                // This session's welcome carries the choice already.
+                self.send_choice(state, user_id, Some(key));
             }
             self.refresh(state, user_id, Some(unix_millis()), false);
         }
@@ -879,7 +880,8 @@ impl Hub {
             self.to_store(user_id, ops);
         } else {
             if choice_changed {
-                self.send_choice(state, user_id);
+                // This session's welcome carries the choice already.
+                self.send_choice(state, user_id, Some(key));
             }
             self.refresh(state, user_id, None, false);
         }
@@ -943,9 +945,13 @@ impl Hub {
         let Some(user) = state.users.get_mut(&user_id) else {
             return;
         };
+        let made = choice.clone();
         let chosen = apply_choice(&mut user.canon, choice);
         if chosen {
-            self.send_choice(state, &user_id);
+            // The session that made the choice holds it already, unless the server changed it (a time or an
+            // expired message of its own): protocol section 7, `choice`.
+            let as_made = current_choice(&user.canon).as_ref() == Some(&made);
+            self.send_choice(state, &user_id, as_made.then_some(key));
         }
         if chosen || auto_changed {
             self.refresh(state, &user_id, Some(unix_millis()), false);
@@ -971,7 +977,7 @@ impl Hub {
         if !expire_message(&mut user.canon, chosen_at) {
             return;
         }
-        self.send_choice(state, user_id);
+        self.send_choice(state, user_id, None);
         self.refresh(state, user_id, None, false);
     }
 
@@ -1469,19 +1475,28 @@ impl Hub {
         }
     }
 
-    /// Tells every attached session of the user its current choice.
-    fn send_choice(&self, state: &HubState, user_id: &str) {
+    /// Tells every attached session of the user its current choice, except `holder`: a session that holds it
+    /// already (it made it and the server took it as made, or its welcome carries it). Protocol section 7,
+    /// `choice`.
+    fn send_choice(&self, state: &HubState, user_id: &str, holder: Option<u64>) {
         let Some(user) = state.users.get(user_id) else {
             return;
         };
         let Some(choice) = current_choice(&user.canon) else {
             return;
         };
+        let mut told = user
+            .sessions
+            .iter()
+            .filter(|key| Some(**key) != holder)
+            .filter_map(|key| state.sessions.get(key).and_then(|s| s.conn.as_ref()))
+            .peekable();
+        if told.peek().is_none() {
+            return;
+        }
         let frame: Arc<str> = ServerMessage::Choice { status: choice }.encode().into();
-        for key in &user.sessions {
-            if let Some(conn) = state.sessions.get(key).and_then(|s| s.conn.as_ref()) {
-                self.push(conn, frame.clone());
-            }
+        for conn in told {
+            self.push(conn, frame.clone());
         }
     }
 

@@ -176,6 +176,12 @@ impl Raw {
         snapshot
     }
 
+    /// A `ping` answered: every frame the server sent before it has been read (`choice` frames kept aside).
+    async fn round_trip(&mut self, reference: &str) {
+        self.send(json!({"type": "ping", "ref": reference})).await;
+        assert_eq!(self.recv().await["ref"], reference);
+    }
+
     /// The next presence update for `user`.
     async fn update(&mut self) -> Value {
         let frame = self.recv().await;
@@ -514,6 +520,10 @@ async fn three_devices_of_one_user_are_aggregated_by_the_documented_rule() {
         "{:?}",
         plugin.choices
     );
+    // The phone that made the choice holds it already: it is not sent back.
+    phone.send(json!({"type": "ping", "ref": "q"})).await;
+    assert_eq!(phone.recv().await["ref"], "q");
+    assert!(phone.choices.is_empty(), "{:?}", phone.choices);
     // An older choice from a device that reconnects does not override it.
     browser
         .send(json!({"type": "set_status", "availability": "online", "chosen_at": 1_000}))
@@ -1135,6 +1145,62 @@ async fn focus_contexts_of_all_devices_are_visible() {
         .send(json!({"type": "set_focus", "context": ""}))
         .await;
     assert_eq!(laptop.recv().await["code"], "invalid_message");
+}
+
+#[tokio::test]
+async fn a_choice_goes_back_to_the_session_that_made_it_only_when_the_server_changed_it() {
+    let server = server().await;
+    let mut phone = Raw::session(&server, "bob").await;
+    let mut laptop = Raw::connect(&server).await;
+    // A hello with a choice: the welcome carries it, no `choice` frame follows for that session.
+    let welcome = laptop
+        .hello(
+            "bob",
+            Some(json!({"availability": "away", "message": "Lunch", "chosen_at": 1_000})),
+        )
+        .await;
+    assert_eq!(welcome["choice"]["availability"], "away");
+    laptop.round_trip("1").await;
+    assert!(laptop.choices.is_empty(), "{:?}", laptop.choices);
+    phone.round_trip("2").await;
+    assert_eq!(phone.choices.len(), 1, "the other device is told");
+    assert_eq!(phone.choices[0]["status"]["message"], "Lunch");
+
+    // Taken as sent: not echoed; the other device is told.
+    phone
+        .send(json!({"type": "set_status", "availability": "busy", "chosen_at": 2_000}))
+        .await;
+    phone.round_trip("3").await;
+    assert_eq!(phone.choices.len(), 1, "{:?}", phone.choices);
+    laptop.round_trip("4").await;
+    assert_eq!(laptop.choices.len(), 1);
+    assert_eq!(laptop.choices[0]["status"]["availability"], "busy");
+
+    // Without a time, the server times it: the maker learns when.
+    phone
+        .send(json!({"type": "set_status", "availability": "online"}))
+        .await;
+    phone.round_trip("5").await;
+    assert_eq!(phone.choices.len(), 2, "{:?}", phone.choices);
+    let stored = &phone.choices[1]["status"];
+    assert_eq!(stored["availability"], "online");
+    assert!(stored["chosen_at"].as_u64().unwrap() > 2_000, "{stored}");
+
+    // A message already expired is dropped: the maker learns the choice as stored.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    phone
+        .send(json!({"type": "set_status", "availability": "away", "message": "gone", "message_expires_at": 1, "chosen_at": now_ms + 60_000}))
+        .await;
+    phone.round_trip("6").await;
+    assert_eq!(phone.choices.len(), 3, "{:?}", phone.choices);
+    assert!(
+        phone.choices[2]["status"].get("message").is_none(),
+        "{}",
+        phone.choices[2]
+    );
 }
 
 #[tokio::test]
