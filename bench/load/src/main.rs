@@ -8,6 +8,8 @@
 //! - `storm`: N connected clients, the server killed and restarted: time until all are back, and how their
 //!   attempts spread (the largest share of attempts in any 100 ms window).
 //!
+//! - `floor`: the fan-out scenario's traffic between two minimal processes (16-byte frames over epoll, no
+//!   WebSocket, no JSON): what this machine itself costs, below any SDK or peer.
 //! - `cluster`: the fan-out scenario on several server nodes sharing presence through a `redis-server` child
 //!   process, each client on node `i % nodes`: latency within a node and across nodes, and the status changes
 //!   per second the cluster carried.
@@ -28,6 +30,8 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
+
+mod floor;
 
 /// The secret the harness gives its server and signs tokens with.
 const SECRET: &[u8] = b"presently load harness secret, 32";
@@ -84,6 +88,32 @@ enum Harness {
         #[arg(long, default_value_t = 120)]
         seconds: u64,
     },
+    /// The floor of the fan-out scenario on this machine: the same traffic carried by two minimal processes
+    /// (fixed 16-byte frames over epoll, no WebSocket, no JSON).
+    Floor {
+        /// Connections.
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        /// Watchers of each user (the K connections before it).
+        #[arg(long, default_value_t = 5)]
+        watch: usize,
+        /// Changes per second, across all connections.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Seconds of steady changes.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+    },
+    /// The relay process of `floor` (started by it).
+    #[command(hide = true)]
+    FloorRelay {
+        /// Connections to expect.
+        #[arg(long)]
+        clients: usize,
+        /// Watchers of each user.
+        #[arg(long)]
+        watch: usize,
+    },
     /// Kill and restart the server under N connected clients.
     Storm {
         /// Connected clients.
@@ -97,6 +127,23 @@ enum Harness {
 
 fn main() {
     let cli = Cli::parse();
+    // The floor's two processes run without tokio: nothing but the frames' own system calls.
+    let floor_result = match cli.command {
+        Harness::Floor {
+            clients,
+            watch,
+            rate,
+            duration,
+        } => Some(floor::floor(clients, watch, rate, duration)),
+        Harness::FloorRelay { clients, watch } => {
+            Some(floor::relay(clients, watch).map(|()| serde_json::Value::Null))
+        }
+        _ => None,
+    };
+    if let Some(result) = floor_result {
+        report(result);
+        return;
+    }
     let runtime = if cli.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -127,9 +174,18 @@ fn main() {
             } => cluster(nodes, clients, watch, rate, duration).await,
             Harness::Idle { seconds } => idle(seconds).await,
             Harness::Storm { clients, down_ms } => storm(clients, down_ms).await,
+            Harness::Floor { .. } | Harness::FloorRelay { .. } => {
+                Err("the floor runs without the runtime".into())
+            }
         }
     });
+    report(result);
+}
+
+/// Prints a harness's JSON report (nothing for `null`), or its error and exits with status 1.
+fn report(result: Result<serde_json::Value>) {
     match result {
+        Ok(serde_json::Value::Null) => {}
         Ok(report) => println!("{report}"),
         Err(e) => {
             eprintln!("error: {e}");
