@@ -7,7 +7,6 @@
 //! - `idle`: one connected, idle client: wakeups of its thread per minute and bytes on the wire per hour.
 //! - `storm`: N connected clients, the server killed and restarted: time until all are back, and how their
 //!   attempts spread (the largest share of attempts in any 100 ms window).
-//!
 //! - `floor`: the fan-out scenario's traffic between two minimal processes (16-byte frames over epoll, no
 //!   WebSocket, no JSON): what this machine itself costs, below any SDK or peer.
 //! - `cluster`: the fan-out scenario on several server nodes sharing presence through a `redis-server` child
