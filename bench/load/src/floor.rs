@@ -189,24 +189,19 @@ pub(crate) fn relay(clients: usize, watch: usize) -> Result<()> {
                     }
                 }
                 Token(index) => {
-                    let mut frames = Vec::new();
-                    {
-                        let Some(link) = links.get_mut(index).and_then(Option::as_mut) else {
-                            continue;
-                        };
-                        if event.is_writable() {
-                            link.flush().map_err(io_error("write"))?;
-                        }
-                        if event.is_readable() {
-                            if !link.read().map_err(io_error("read"))? {
-                                return Ok(());
-                            }
-                            while let Some(frame) = link.next_frame() {
-                                frames.push(frame);
-                            }
-                        }
+                    let Some(link) = links.get_mut(index).and_then(Option::as_mut) else {
+                        continue;
+                    };
+                    if event.is_writable() {
+                        link.flush().map_err(io_error("write"))?;
                     }
-                    for frame in frames {
+                    if !event.is_readable() {
+                        continue;
+                    }
+                    if !link.read().map_err(io_error("read"))? {
+                        return Ok(());
+                    }
+                    while let Some(frame) = links[index].as_mut().and_then(Link::next_frame) {
                         for k in 1..=watch {
                             let watcher = (index + clients - k) % clients;
                             if let Some(link) = links[watcher].as_mut() {

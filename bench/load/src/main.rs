@@ -46,23 +46,27 @@ struct Cli {
     command: Harness,
 }
 
+/// The fan-out scenario, shared by `fanout` and its `floor`.
+#[derive(clap::Args)]
+struct Scenario {
+    /// Connected clients.
+    #[arg(long, default_value_t = 1_000)]
+    clients: usize,
+    /// Users each client watches (the K after it, wrapping around).
+    #[arg(long, default_value_t = 5)]
+    watch: usize,
+    /// Status changes per second, across all clients.
+    #[arg(long, default_value_t = 200)]
+    rate: u64,
+    /// Seconds of steady changes.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+}
+
 #[derive(Subcommand)]
 enum Harness {
     /// Fan-out latency and memory with N clients each watching K others.
-    Fanout {
-        /// Connected clients.
-        #[arg(long, default_value_t = 1_000)]
-        clients: usize,
-        /// Users each client watches (the K after it, wrapping around).
-        #[arg(long, default_value_t = 5)]
-        watch: usize,
-        /// Status changes per second, across all clients.
-        #[arg(long, default_value_t = 200)]
-        rate: u64,
-        /// Seconds of steady changes.
-        #[arg(long, default_value_t = 20)]
-        duration: u64,
-    },
+    Fanout(Scenario),
     /// The fan-out scenario on several nodes sharing presence through Redis.
     Cluster {
         /// Server nodes (clients are spread over them round-robin).
@@ -89,20 +93,7 @@ enum Harness {
     },
     /// The floor of the fan-out scenario on this machine: the same traffic carried by two minimal processes
     /// (fixed 16-byte frames over epoll, no WebSocket, no JSON).
-    Floor {
-        /// Connections.
-        #[arg(long, default_value_t = 1_000)]
-        clients: usize,
-        /// Watchers of each user (the K connections before it).
-        #[arg(long, default_value_t = 5)]
-        watch: usize,
-        /// Changes per second, across all connections.
-        #[arg(long, default_value_t = 200)]
-        rate: u64,
-        /// Seconds of steady changes.
-        #[arg(long, default_value_t = 20)]
-        duration: u64,
-    },
+    Floor(Scenario),
     /// The relay process of `floor` (started by it).
     #[command(hide = true)]
     FloorRelay {
@@ -128,12 +119,12 @@ fn main() {
     let cli = Cli::parse();
     // The floor's two processes run without tokio: nothing but the frames' own system calls.
     let floor_result = match cli.command {
-        Harness::Floor {
+        Harness::Floor(Scenario {
             clients,
             watch,
             rate,
             duration,
-        } => Some(floor::floor(clients, watch, rate, duration)),
+        }) => Some(floor::floor(clients, watch, rate, duration)),
         Harness::FloorRelay { clients, watch } => {
             Some(floor::relay(clients, watch).map(|()| serde_json::Value::Null))
         }
@@ -158,12 +149,12 @@ fn main() {
     .expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            Harness::Fanout {
+            Harness::Fanout(Scenario {
                 clients,
                 watch,
                 rate,
                 duration,
-            } => fanout(clients, watch, rate, duration).await,
+            }) => fanout(clients, watch, rate, duration).await,
             Harness::Cluster {
                 nodes,
                 clients,
@@ -173,7 +164,7 @@ fn main() {
             } => cluster(nodes, clients, watch, rate, duration).await,
             Harness::Idle { seconds } => idle(seconds).await,
             Harness::Storm { clients, down_ms } => storm(clients, down_ms).await,
-            Harness::Floor { .. } | Harness::FloorRelay { .. } => {
+            Harness::Floor(_) | Harness::FloorRelay { .. } => {
                 Err("the floor runs without the runtime".into())
             }
         }
