@@ -945,12 +945,18 @@ impl Hub {
         let Some(user) = state.users.get_mut(&user_id) else {
             return;
         };
-        let made = choice.clone();
+        // What `apply_choice` may amend: a missing time, and a message whose expiry has passed.
+        let (timed, expiry) = (choice.chosen_at.is_some(), choice.status.message_expires_at);
         let chosen = apply_choice(&mut user.canon, choice);
         if chosen {
-            // The session that made the choice holds it already, unless the server changed it (a time or an
-            // expired message of its own): protocol section 7, `choice`.
-            let as_made = current_choice(&user.canon).as_ref() == Some(&made);
+            // The session that made the choice holds it already, unless the server amended it: protocol
+            // section 7, `choice`.
+            let as_made = timed
+                && user
+                    .canon
+                    .choice
+                    .as_ref()
+                    .is_some_and(|(status, _)| status.message_expires_at == expiry);
             self.send_choice(state, &user_id, as_made.then_some(key));
         }
         if chosen || auto_changed {

@@ -106,7 +106,7 @@ impl Link {
 }
 
 /// The relay process: accepts `clients` connections (each first sends its index as a 4-byte little-endian
-/// number), prints `READY <port>` once all are in, then writes every frame a connection sends to the `watch`
+/// number), prints `LISTENING <port>` once bound and `READY` once all are in, then writes every frame a connection sends to the `watch`
 /// connections before it (the users watching it). Ends when the load generator's connections close.
 pub(crate) fn relay(clients: usize, watch: usize) -> Result<()> {
     let mut poll = Poll::new().map_err(io_error("epoll"))?;
