@@ -26,7 +26,7 @@ use presently_core::{Activity, Availability, Presence, Status};
 
 use crate::cluster::{Job, Op, StoreLink};
 use crate::outlet::{Outlet, Refused};
-use crate::session::ToClient;
+use crate::session::{Frame, ToClient};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -102,6 +102,21 @@ pub(crate) enum View {
     Invisible,
     /// A watcher the user's visibility excludes: a user who is never online.
     Denied,
+}
+
+impl View {
+    /// How many views there are.
+    const COUNT: usize = 4;
+
+    /// A distinct index below [`View::COUNT`].
+    fn index(self) -> usize {
+        match self {
+            View::Own => 0,
+            View::Full => 1,
+            View::Invisible => 2,
+            View::Denied => 3,
+        }
+    }
 }
 
 /// What a user's presence is made of that is the same on every server node: the user-wide choice, the
@@ -286,7 +301,37 @@ struct ChannelState {
 #[derive(Debug, Clone)]
 struct Sent {
     version: u64,
-    record: Presence,
+    /// Without its version (0). Shared by the watchers that were sent the same record in one fan-out.
+    record: Arc<Presence>,
+}
+
+/// What one fan-out made for one view of the user (see [`Hub::fan_out`]).
+struct Made {
+    /// The record for the view, without its version.
+    record: Arc<Presence>,
+    /// The last record a watcher was found to hold, by address, and whether it had the same content as `record`:
+    /// watchers sent the same record before share it, so it is compared once.
+    compared: Option<(usize, bool)>,
+    /// The `presence` frame of `record`, made when the first watcher that gets it is attached.
+    frame: Option<Frame>,
+}
+
+impl Made {
+    /// Whether a watcher holding `sent` already has this record's content.
+    fn unchanged_from(&mut self, sent: &Arc<Presence>) -> bool {
+        if Arc::ptr_eq(sent, &self.record) {
+            return true;
+        }
+        let address = Arc::as_ptr(sent) as usize;
+        match self.compared {
+            Some((seen, same)) if seen == address => same,
+            _ => {
+                let same = sent.same_content(&self.record);
+                self.compared = Some((address, same));
+                same
+            }
+        }
+    }
 }
 
 /// The user's current choice's message expiry, as (choice time, expiry), if it has one and no timer runs for it
@@ -300,6 +345,12 @@ fn claim_message_expiry(state: &mut HubState, user_id: &str) -> Option<(u64, u64
     }
     user.expiry_scheduled = Some(chosen_at);
     Some((chosen_at, expires_at))
+}
+
+/// Advances the server-wide version counter `clock` (see [`HubState::stamp`]) and returns the new version.
+fn next_stamp(clock: &mut u64) -> u64 {
+    *clock = (*clock + 1).max(unix_micros());
+    *clock
 }
 
 #[derive(Debug, Default)]
@@ -321,8 +372,7 @@ struct HubState {
 impl HubState {
     /// The next version: strictly greater than every version issued before, here or before a restart.
     fn stamp(&mut self) -> u64 {
-        self.clock = (self.clock + 1).max(unix_micros());
-        self.clock
+        next_stamp(&mut self.clock)
     }
 
     /// Whether session `key` watches `user` for any reason: directly or through a channel.
@@ -352,7 +402,7 @@ impl HubState {
             user.to_owned(),
             Sent {
                 version: stamp,
-                record: record.clone(),
+                record: Arc::new(record.clone()),
             },
         );
         Some(Presence {
@@ -457,7 +507,7 @@ fn unix_micros() -> u64 {
 }
 
 /// Builds the `welcome` frame once the session's public id, resumption and the user's choice are known.
-pub(crate) type WelcomeBuilder<'a> = &'a dyn Fn(&str, bool, Option<Choice>) -> Arc<str>;
+pub(crate) type WelcomeBuilder<'a> = &'a dyn Fn(&str, bool, Option<Choice>) -> Frame;
 
 impl Default for Hub {
     fn default() -> Self {
@@ -867,7 +917,7 @@ impl Hub {
                         watched_user,
                         Sent {
                             version: stamp,
-                            record,
+                            record: Arc::new(record),
                         },
                     );
                 }
@@ -1422,61 +1472,70 @@ impl Hub {
 
     /// Sends each watcher of the user the record made for it, if it differs from the last one it was sent.
     /// Changes a watcher may not see therefore produce no frame for it at all.
+    ///
+    /// Watchers with the same view of the user share one record and one frame, each made once, when first
+    /// needed; a watcher's last-sent record is then that shared record, so the next change compares against it
+    /// once per view rather than once per watcher.
     fn fan_out(&self, state: &mut HubState, user_id: &str) {
-        let Some(user) = state.users.get(user_id) else {
+        let HubState {
+            users,
+            sessions,
+            clock,
+            ..
+        } = state;
+        let Some(user) = users.get(user_id) else {
             return;
         };
-        if user.watchers.is_empty() {
-            return;
-        }
-        let mut pending: Vec<(u64, Presence)> = Vec::new();
+        // Per view (`View::index`): the record made for it and, once a watcher needs it, its frame.
+        let mut made: [Option<Made>; View::COUNT] = Default::default();
+        // The version of this change: taken once, when the first watcher gets a frame.
+        let mut stamp = None;
         for watcher in &user.watchers {
-            let Some(session) = state.sessions.get(watcher) else {
+            let Some(session) = sessions.get_mut(watcher) else {
                 continue;
             };
-            let record = record_for(user, user_id, view_of(user, user_id, &session.user_id), 0);
-            let unchanged = session
-                .watching
-                .get(user_id)
-                .is_some_and(|sent| sent.record.same_content(&record));
-            if !unchanged {
-                pending.push((*watcher, record));
+            let view = view_of(user, user_id, &session.user_id);
+            let made = made[view.index()].get_or_insert_with(|| Made {
+                record: Arc::new(record_for(user, user_id, view, 0)),
+                compared: None,
+                frame: None,
+            });
+            let sent = session.watching.get_mut(user_id);
+            if let Some(sent) = &sent
+                && made.unchanged_from(&sent.record)
+            {
+                continue;
             }
-        }
-        if pending.is_empty() {
-            return;
-        }
-        let stamp = state.stamp();
-        // One encoding per distinct record (views), shared by every watcher that gets it.
-        let mut frames: Vec<(Presence, Arc<str>)> = Vec::new();
-        for (watcher, record) in pending {
-            let frame = match frames.iter().find(|(r, _)| r.same_content(&record)) {
-                Some((_, frame)) => frame.clone(),
+            let stamp = *stamp.get_or_insert_with(|| next_stamp(clock));
+            // Noted even while detached: a resume then knows this record was missed.
+            let record = made.record.clone();
+            match sent {
+                Some(sent) => {
+                    sent.version = stamp;
+                    sent.record = record;
+                }
                 None => {
-                    let frame: Arc<str> = ServerMessage::Presence {
+                    session.watching.insert(
+                        user_id.to_owned(),
+                        Sent {
+                            version: stamp,
+                            record,
+                        },
+                    );
+                }
+            }
+            if let Some(conn) = &session.conn {
+                let frame = made.frame.get_or_insert_with(|| {
+                    ServerMessage::Presence {
                         user: Presence {
                             version: stamp,
-                            ..record.clone()
+                            ..Presence::clone(&made.record)
                         },
                     }
                     .encode()
-                    .into();
-                    frames.push((record.clone(), frame.clone()));
-                    frame
-                }
-            };
-            if let Some(session) = state.sessions.get_mut(&watcher) {
-                // Noted even while detached: a resume then knows this record was missed.
-                session.watching.insert(
-                    user_id.to_owned(),
-                    Sent {
-                        version: stamp,
-                        record,
-                    },
-                );
-                if let Some(conn) = &session.conn {
-                    self.push(conn, frame);
-                }
+                    .into()
+                });
+                self.push(conn, frame.clone());
             }
         }
     }
@@ -1488,9 +1547,6 @@ impl Hub {
         let Some(user) = state.users.get(user_id) else {
             return;
         };
-        let Some(choice) = current_choice(&user.canon) else {
-            return;
-        };
         let mut told = user
             .sessions
             .iter()
@@ -1500,7 +1556,10 @@ impl Hub {
         if told.peek().is_none() {
             return;
         }
-        let frame: Arc<str> = ServerMessage::Choice { status: choice }.encode().into();
+        let Some(choice) = current_choice(&user.canon) else {
+            return;
+        };
+        let frame: Frame = ServerMessage::Choice { status: choice }.encode().into();
         for conn in told {
             self.push(conn, frame.clone());
         }
@@ -1509,7 +1568,7 @@ impl Hub {
     /// Queues a frame without waiting and has it written (see [`write_soon`]); a full queue stops the
     /// connection as a slow consumer rather than buffering without bound or holding the lock. A closed queue (a
     /// connection that just ended) is ignored.
-    pub(crate) fn push(&self, conn: &Conn, frame: Arc<str>) {
+    pub(crate) fn push(&self, conn: &Conn, frame: Frame) {
         match conn.outlet.queue(ToClient::Text(frame)) {
             Ok(()) => write_soon(&conn.outlet),
             Err(Refused::Closed) => {}
@@ -1647,7 +1706,7 @@ impl Drop for DeferredWrites {
     }
 }
 
-fn privacy_frame(privacy: Privacy) -> Arc<str> {
+fn privacy_frame(privacy: Privacy) -> Frame {
     ServerMessage::Privacy { privacy }.encode().into()
 }
 

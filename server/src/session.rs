@@ -42,10 +42,13 @@ pub(crate) enum FromClient {
     Control,
 }
 
+/// A text frame's content, shared by every connection it goes to: cloning it copies no text.
+pub(crate) type Frame = axum::extract::ws::Utf8Bytes;
+
 /// What goes to the client.
 pub(crate) enum ToClient {
     /// A message.
-    Text(Arc<str>),
+    Text(Frame),
     /// A keep-alive: a WebSocket ping, a comment line on an event stream.
     Ping,
     /// Close with this WebSocket close code and reason (an event stream just ends).
@@ -82,7 +85,7 @@ pub(crate) async fn run_websocket(socket: WebSocket, ctx: Arc<Context>) {
         .filter_map(std::future::ready);
     let outgoing = sink.sink_map_err(|_| ()).with(|item: ToClient| {
         std::future::ready(Ok::<_, ()>(match item {
-            ToClient::Text(text) => Message::Text(text.as_ref().into()),
+            ToClient::Text(text) => Message::Text(text),
             ToClient::Ping => Message::Ping(Default::default()),
             ToClient::Close(code, reason) => close_message(code, reason),
         }))
@@ -96,7 +99,7 @@ pub(crate) async fn run_websocket(socket: WebSocket, ctx: Arc<Context>) {
     .await;
 }
 
-fn error_frame(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Arc<str> {
+fn error_frame(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Frame {
     error_frame_retry(code, message, reference, None)
 }
 
@@ -105,7 +108,7 @@ fn error_frame_retry(
     message: impl Into<String>,
     reference: Option<String>,
     retry_after_ms: Option<u64>,
-) -> Arc<str> {
+) -> Frame {
     let fatal = code.is_fatal();
     ServerMessage::Error {
         code,
@@ -232,7 +235,7 @@ pub(crate) async fn run(mut stream: Incoming, sink: Outgoing, ctx: Arc<Context>,
         control: control.clone(),
     };
     let config = &ctx.config;
-    let welcome = |session_id: &str, resumed: bool, choice: Option<Choice>| -> Arc<str> {
+    let welcome = |session_id: &str, resumed: bool, choice: Option<Choice>| -> Frame {
         ServerMessage::Welcome {
             protocol: PROTOCOL_VERSION,
             session_id: session_id.to_owned(),
@@ -603,7 +606,7 @@ enum Flow {
 }
 
 impl Connection {
-    fn queue(&self, frame: Arc<str>) {
+    fn queue(&self, frame: Frame) {
         self.ctx.hub.push(&self.conn, frame);
     }
 

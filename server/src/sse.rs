@@ -132,7 +132,7 @@ fn events(
         |(mut outbound, registration, mut watermark)| async move {
             let event = match outbound.recv().await? {
                 ToClient::Text(frame) => {
-                    let mut event = Event::default().data(frame.as_ref());
+                    let mut event = Event::default().data(frame.as_str());
                     if carries_records(&frame) {
                         watermark =
                             greatest_version(&frame).map_or(watermark, |v| v.max(watermark));
