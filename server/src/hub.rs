@@ -162,8 +162,9 @@ struct UserState {
     canon: Canonical,
     /// The sessions of the user on this node.
     sessions: Vec<u64>,
-    /// The sessions on this node that watch the user.
-    watchers: HashSet<u64>,
+    /// The sessions on this node that watch the user, each with the last record it was sent of the user. Kept
+    /// here rather than with the session, so that a fan-out finds what each watcher holds beside the watcher.
+    watchers: HashMap<u64, Sent>,
     /// The choice (by its time) whose message-expiry timer is running.
     expiry_scheduled: Option<u64>,
     /// With a shared store: the store's revision of `canon` (0 until loaded).
@@ -179,7 +180,7 @@ impl UserState {
         UserState {
             canon: Canonical::default(),
             sessions: Vec::new(),
-            watchers: HashSet::new(),
+            watchers: HashMap::new(),
             expiry_scheduled: None,
             rev: 0,
             touched: 0,
@@ -203,18 +204,18 @@ impl UserState {
 }
 
 /// The view `watcher` gets of `user_id`.
-fn view_of(user: &UserState, user_id: &str, watcher: &str) -> View {
+fn view_of(canon: &Canonical, user_id: &str, watcher: &str) -> View {
     if watcher == user_id {
         return View::Own;
     }
-    let allowed = match user.canon.privacy.visibility {
+    let allowed = match canon.privacy.visibility {
         Visibility::Everyone => true,
-        Visibility::Contacts => user.canon.contacts.contains(watcher),
+        Visibility::Contacts => canon.contacts.contains(watcher),
         Visibility::Nobody => false,
     };
     if !allowed {
         View::Denied
-    } else if user.canon.shown.availability == Availability::Invisible {
+    } else if canon.shown.availability == Availability::Invisible {
         View::Invisible
     } else {
         View::Full
@@ -222,16 +223,16 @@ fn view_of(user: &UserState, user_id: &str, watcher: &str) -> View {
 }
 
 /// The record of `user_id` for a view.
-fn record_for(user: &UserState, user_id: &str, view: View, version: u64) -> Presence {
+fn record_for(canon: &Canonical, user_id: &str, view: View, version: u64) -> Presence {
     let blank = Presence {
         version,
         ..Presence::unknown(user_id)
     };
-    if !user.canon.seen {
+    if !canon.seen {
         return blank;
     }
     let last_seen = |at: Option<u64>| {
-        if user.canon.privacy.hide_last_seen {
+        if canon.privacy.hide_last_seen {
             None
         } else {
             at
@@ -240,28 +241,28 @@ fn record_for(user: &UserState, user_id: &str, view: View, version: u64) -> Pres
     match view {
         View::Denied => blank,
         View::Invisible => Presence {
-            last_active_at: last_seen(user.canon.invisible_last_active),
+            last_active_at: last_seen(canon.invisible_last_active),
             // For someone offline, `since` is their last seen too.
-            since: last_seen(user.canon.invisible_since),
+            since: last_seen(canon.invisible_since),
             ..blank
         },
         View::Own | View::Full => Presence {
             user_id: user_id.to_owned(),
-            availability: user.canon.shown.availability,
-            message: user.canon.shown.message.clone(),
-            activity: user.canon.shown.activity.clone(),
+            availability: canon.shown.availability,
+            message: canon.shown.message.clone(),
+            activity: canon.shown.activity.clone(),
             last_active_at: if view == View::Own {
-                user.canon.last_active_at
+                canon.last_active_at
             } else {
-                last_seen(user.canon.last_active_at)
+                last_seen(canon.last_active_at)
             },
-            since: if view == View::Full && user.canon.shown.availability == Availability::Offline {
-                last_seen(user.canon.since)
+            since: if view == View::Full && canon.shown.availability == Availability::Offline {
+                last_seen(canon.since)
             } else {
-                user.canon.since
+                canon.since
             },
             version,
-            focus: user.canon.shown.focus.clone(),
+            focus: canon.shown.focus.clone(),
         },
     }
 }
@@ -276,9 +277,9 @@ struct SessionState {
     generation: u64,
     auto: Auto,
     focus: Option<String>,
-    /// Watched users, with the version and content of the last record sent to this session for each: the
-    /// users subscribed to directly and the members of subscribed channels.
-    watching: HashMap<String, Sent>,
+    /// Watched users: the users subscribed to directly and the members of subscribed channels. What was last
+    /// sent to this session of each is kept with the user (`UserState::watchers`).
+    watching: HashSet<String>,
     /// Users subscribed to directly.
     direct: HashSet<String>,
     /// Channels subscribed to.
@@ -395,16 +396,21 @@ impl HubState {
             .users
             .entry(user.to_owned())
             .or_insert_with(UserState::new);
-        state.watchers.insert(key);
-        let record = record_for(state, user, view_of(state, user, &watcher_user), 0);
-        let session = self.sessions.get_mut(&key)?;
-        session.watching.insert(
-            user.to_owned(),
+        let record = record_for(
+            &state.canon,
+            user,
+            view_of(&state.canon, user, &watcher_user),
+            0,
+        );
+        state.watchers.insert(
+            key,
             Sent {
                 version: stamp,
                 record: Arc::new(record.clone()),
             },
         );
+        let session = self.sessions.get_mut(&key)?;
+        session.watching.insert(user.to_owned());
         Some(Presence {
             version: stamp,
             ..record
@@ -431,7 +437,12 @@ impl HubState {
     /// The record `watcher_user` gets of `user_id` now (without its version).
     fn view_record(&self, user_id: &str, watcher_user: &str) -> Presence {
         match self.users.get(user_id) {
-            Some(user) => record_for(user, user_id, view_of(user, user_id, watcher_user), 0),
+            Some(user) => record_for(
+                &user.canon,
+                user_id,
+                view_of(&user.canon, user_id, watcher_user),
+                0,
+            ),
             None => Presence::unknown(user_id),
         }
     }
@@ -808,7 +819,7 @@ impl Hub {
                 generation: 1,
                 auto: intro.auto.unwrap_or_default(),
                 focus: intro.focus,
-                watching: HashMap::new(),
+                watching: HashSet::new(),
                 direct: HashSet::new(),
                 channels: HashSet::new(),
             },
@@ -882,11 +893,7 @@ impl Hub {
         // The hello states the session's whole automatic state and focus: absent means active and none.
         session.auto = intro.auto.unwrap_or_default();
         session.focus = intro.focus;
-        let watched: Vec<(String, u64)> = session
-            .watching
-            .iter()
-            .map(|(u, sent)| (u.clone(), sent.version))
-            .collect();
+        let watched: Vec<String> = session.watching.iter().cloned().collect();
         self.sessions_resumed.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared();
         let choice_changed = match state.users.get_mut(user_id) {
@@ -905,16 +912,21 @@ impl Hub {
         // is newer than what the client saw.
         let stamp = state.stamp();
         let mut records = Vec::new();
-        for (watched_user, sent_version) in watched {
+        for watched_user in watched {
+            let sent_version = state
+                .users
+                .get(&watched_user)
+                .and_then(|u| u.watchers.get(&key))
+                .map_or(0, |sent| sent.version);
             if sent_version > last_version {
                 let record = state.view_record(&watched_user, user_id);
                 records.push(Presence {
                     version: stamp,
                     ..record.clone()
                 });
-                if let Some(session) = state.sessions.get_mut(&key) {
-                    session.watching.insert(
-                        watched_user,
+                if let Some(user) = state.users.get_mut(&watched_user) {
+                    user.watchers.insert(
+                        key,
                         Sent {
                             version: stamp,
                             record: Arc::new(record),
@@ -986,10 +998,12 @@ impl Hub {
             _ => false,
         };
         // The store reads this node's sessions (their automatic states) when it applies the change.
-        if self.to_store(
-            &user_id,
-            vec![Op::Choice(choice.clone()), Op::Active(unix_millis())],
-        ) {
+        if self.shared()
+            && self.to_store(
+                &user_id,
+                vec![Op::Choice(choice.clone()), Op::Active(unix_millis())],
+            )
+        {
             return;
         }
         let Some(user) = state.users.get_mut(&user_id) else {
@@ -1139,7 +1153,7 @@ impl Hub {
                 continue;
             }
             let session = state.sessions.get_mut(&key)?;
-            if !session.watching.contains_key(&user_id)
+            if !session.watching.contains(&user_id)
                 && session.watching.len() >= MAX_SUBSCRIPTIONS_PER_SESSION
             {
                 cut_short = Some(ErrorCode::TooManySubscriptions);
@@ -1413,7 +1427,7 @@ impl Hub {
                 c.subscribers.remove(&key);
             }
         }
-        for watched in session.watching.keys() {
+        for watched in &session.watching {
             if let Some(user) = state.users.get_mut(watched) {
                 user.watchers.remove(&key);
                 if !state.shared && user.forgettable() {
@@ -1483,47 +1497,33 @@ impl Hub {
             clock,
             ..
         } = state;
-        let Some(user) = users.get(user_id) else {
+        let Some(UserState {
+            canon, watchers, ..
+        }) = users.get_mut(user_id)
+        else {
             return;
         };
         // Per view (`View::index`): the record made for it and, once a watcher needs it, its frame.
         let mut made: [Option<Made>; View::COUNT] = Default::default();
         // The version of this change: taken once, when the first watcher gets a frame.
         let mut stamp = None;
-        for watcher in &user.watchers {
-            let Some(session) = sessions.get_mut(watcher) else {
+        for (watcher, sent) in watchers.iter_mut() {
+            let Some(session) = sessions.get(watcher) else {
                 continue;
             };
-            let view = view_of(user, user_id, &session.user_id);
+            let view = view_of(canon, user_id, &session.user_id);
             let made = made[view.index()].get_or_insert_with(|| Made {
-                record: Arc::new(record_for(user, user_id, view, 0)),
+                record: Arc::new(record_for(canon, user_id, view, 0)),
                 compared: None,
                 frame: None,
             });
-            let sent = session.watching.get_mut(user_id);
-            if let Some(sent) = &sent
-                && made.unchanged_from(&sent.record)
-            {
+            if made.unchanged_from(&sent.record) {
                 continue;
             }
             let stamp = *stamp.get_or_insert_with(|| next_stamp(clock));
             // Noted even while detached: a resume then knows this record was missed.
-            let record = made.record.clone();
-            match sent {
-                Some(sent) => {
-                    sent.version = stamp;
-                    sent.record = record;
-                }
-                None => {
-                    session.watching.insert(
-                        user_id.to_owned(),
-                        Sent {
-                            version: stamp,
-                            record,
-                        },
-                    );
-                }
-            }
+            sent.version = stamp;
+            sent.record = made.record.clone();
             if let Some(conn) = &session.conn {
                 let frame = made.frame.get_or_insert_with(|| {
                     ServerMessage::Presence {
