@@ -273,6 +273,11 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
     let mut connection: Option<Conn> = None;
     let mut opening: Option<Opening> = None;
     let mut recheck: bool;
+    // The wake-up stays registered from one turn to the next instead of being made anew for every frame. The
+    // timer does not: a tokio timer moved to a later deadline still wakes the runtime at the earlier one, so a
+    // timer kept across turns would wake an idle client's thread for every frame that moves its deadline.
+    let wake = shared.wake.notified();
+    tokio::pin!(wake);
     loop {
         // Act on everything the core wants, in order: frames, transport commands, events; then the timer.
         let (deadline, shutdown) = {
@@ -335,7 +340,10 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
 
         let input = tokio::select! {
             _ = std::future::ready(()), if recheck => Input::Wake,
-            _ = shared.wake.notified() => Input::Wake,
+            _ = wake.as_mut() => {
+                wake.set(shared.wake.notified());
+                Input::Wake
+            }
             _ = sleep_until(deadline) => Input::Timeout,
             opened = maybe(opening.as_mut()) => Input::Opened(opened),
             input = connection_input(connection.as_mut()) => input,
