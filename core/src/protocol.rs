@@ -882,9 +882,21 @@ struct Reference {
     reference: Option<String>,
 }
 
-/// The optional `auto` of a `set_status`, whose other fields belong to the flattened choice.
+/// The fields of a `set_status` frame: its optional `ref` and `auto`, and the fields of its choice (as
+/// [`Choice`]'s own deserializer reads them), so that the frame is read in one pass.
 #[derive(Deserialize)]
-struct AutoMember {
+struct SetStatusBody {
+    #[serde(rename = "ref", default)]
+    reference: Option<String>,
+    availability: Availability,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    activity: Option<Activity>,
+    #[serde(default)]
+    message_expires_at: Option<u64>,
+    #[serde(default)]
+    chosen_at: Option<u64>,
     #[serde(default)]
     auto: Option<Auto>,
 }
@@ -929,11 +941,23 @@ impl ClientMessage {
                 #[serde(default)]
                 focus: Option<String>,
             }),
-            "set_status" => ClientMessage::SetStatus {
-                reference: from_json::<Reference>(text)?.reference,
-                choice: from_json(text)?,
-                auto: from_json::<AutoMember>(text)?.auto,
-            },
+            "set_status" => {
+                // The choice's fields, flat, with `ref` and `auto` beside them: read in one pass.
+                let body: SetStatusBody = from_json(text)?;
+                ClientMessage::SetStatus {
+                    reference: body.reference,
+                    choice: Choice {
+                        status: Status {
+                            availability: body.availability,
+                            message: body.message,
+                            activity: body.activity,
+                            message_expires_at: body.message_expires_at,
+                        },
+                        chosen_at: body.chosen_at,
+                    },
+                    auto: body.auto,
+                }
+            }
             "set_auto" => ClientMessage::SetAuto {
                 reference: from_json::<Reference>(text)?.reference,
                 auto: from_json(text)?,
