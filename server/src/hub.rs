@@ -310,9 +310,10 @@ struct Sent {
 struct Made {
     /// The record for the view, without its version.
     record: Arc<Presence>,
-    /// The last record a watcher was found to hold, by address, and whether it had the same content as `record`:
-    /// watchers sent the same record before share it, so it is compared once.
-    compared: Option<(usize, bool)>,
+    /// The last record a watcher was found to hold, and whether it had the same content as `record`: watchers
+    /// sent the same record before share it, so it is compared once. Held, so that its address cannot be reused
+    /// by another record during the fan-out.
+    compared: Option<(Arc<Presence>, bool)>,
     /// The `presence` frame of `record`, made when the first watcher that gets it is attached.
     frame: Option<Frame>,
 }
@@ -323,12 +324,11 @@ impl Made {
         if Arc::ptr_eq(sent, &self.record) {
             return true;
         }
-        let address = Arc::as_ptr(sent) as usize;
-        match self.compared {
-            Some((seen, same)) if seen == address => same,
+        match &self.compared {
+            Some((seen, same)) if Arc::ptr_eq(seen, sent) => *same,
             _ => {
                 let same = sent.same_content(&self.record);
-                self.compared = Some((address, same));
+                self.compared = Some((sent.clone(), same));
                 same
             }
         }
