@@ -105,18 +105,8 @@ pub(crate) enum View {
 }
 
 impl View {
-    /// How many views there are.
-    const COUNT: usize = 4;
-
-    /// A distinct index below [`View::COUNT`].
-    fn index(self) -> usize {
-        match self {
-            View::Own => 0,
-            View::Full => 1,
-            View::Invisible => 2,
-            View::Denied => 3,
-        }
-    }
+    /// How many views there are: `view as usize` is below it.
+    const COUNT: usize = View::Denied as usize + 1;
 }
 
 /// What a user's presence is made of that is the same on every server node: the user-wide choice, the
@@ -1503,7 +1493,7 @@ impl Hub {
         else {
             return;
         };
-        // Per view (`View::index`): the record made for it and, once a watcher needs it, its frame.
+        // Per view (`view as usize`): the record made for it and, once a watcher needs it, its frame.
         let mut made: [Option<Made>; View::COUNT] = Default::default();
         // The version of this change: taken once, when the first watcher gets a frame.
         let mut stamp = None;
@@ -1512,7 +1502,7 @@ impl Hub {
                 continue;
             };
             let view = view_of(canon, user_id, &session.user_id);
-            let made = made[view.index()].get_or_insert_with(|| Made {
+            let made = made[view as usize].get_or_insert_with(|| Made {
                 record: Arc::new(record_for(canon, user_id, view, 0)),
                 compared: None,
                 frame: None,
