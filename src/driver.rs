@@ -1,17 +1,17 @@
 //! The tokio driver: moves bytes and timers between a WebSocket and the sans-IO core. It decides nothing —
 //! every decision (when to connect, ping, give up on a link, retry) is the core's.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures_util::stream::SplitStream;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use presently_core::protocol::{HttpBindingUrls, SUBPROTOCOL};
 use presently_core::{Event, Transport, TransportCommand};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -59,7 +59,7 @@ enum Conn {
 }
 
 impl Conn {
-    fn send(&self, frame: String) -> bool {
+    fn send(&mut self, frame: String) -> bool {
         match self {
             Conn::WebSocket(conn) => conn.send(frame),
             Conn::Sse(conn) => conn.send(frame),
@@ -82,73 +82,123 @@ pub(crate) fn default_tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::
     Ok(Arc::new(config))
 }
 
-/// An open connection: the read half here, the write half in its own task behind a bounded queue.
+/// An open WebSocket connection, read and written by the driver's own task: frames wait in a bounded queue only
+/// while the socket cannot take them.
 struct Connection {
-    reader: SplitStream<Ws>,
-    writer: mpsc::Sender<Message>,
-    /// Dropped with the connection: tells the writer to flush what is queued, close, and stop, within
-    /// `CLOSE_FLUSH_TIMEOUT`.
-    _closing: tokio::sync::oneshot::Sender<()>,
-    /// Resolves when the writer failed (the connection is unusable); `None` once it has resolved.
-    writer_failed: Option<tokio::sync::oneshot::Receiver<String>>,
+    /// `None` only once the connection is being dropped (see its `Drop`).
+    ws: Option<Box<Ws>>,
+    /// Frames the socket could not take yet, oldest first.
+    outbound: VecDeque<String>,
+    /// Frames handed to the WebSocket's buffer and not yet flushed to the socket.
+    unflushed: bool,
+    /// Counts the connection among the writers `Client::close` waits for while it flushes on being dropped.
+    shared: Arc<Shared>,
 }
 
 impl Connection {
-    fn start(ws: Ws, shared: &Arc<Shared>) -> Self {
-        let (mut sink, reader) = ws.split();
-        let (writer, mut queue) = mpsc::channel::<Message>(WRITE_QUEUE);
-        let (failed_tx, writer_failed) = tokio::sync::oneshot::channel();
-        let (closing_tx, mut closing) = tokio::sync::oneshot::channel::<()>();
-        shared.open_writers.send_modify(|n| *n += 1);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut failure = None;
-            // Send until the driver drops the connection; a send stuck on a peer that stopped reading is
-            // abandoned then too.
-            loop {
-                let message = tokio::select! {
-                    biased;
-                    message = queue.recv() => message,
-                    _ = &mut closing => break,
-                };
-                let Some(message) = message else { break };
-                tokio::select! {
-                    biased;
-                    sent = sink.send(message) => if let Err(e) = sent {
-                        failure = Some(e.to_string());
-                        break;
-                    },
-                    _ = &mut closing => break,
-                }
-            }
-            match failure {
-                Some(reason) => {
-                    let _ = failed_tx.send(reason);
-                }
-                // Dropped by the driver: flush what was queued (a `bye`) and close politely, within a bound.
-                None => {
-                    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-                        while let Ok(message) = queue.try_recv() {
-                            sink.send(message).await?;
-                        }
-                        sink.close().await
-                    })
-                    .await;
-                }
-            }
-            shared.open_writers.send_modify(|n| *n -= 1);
-        });
+    fn start(ws: Box<Ws>, shared: &Arc<Shared>) -> Self {
         Connection {
-            reader,
-            writer,
-            _closing: closing_tx,
-            writer_failed: Some(writer_failed),
+            ws: Some(ws),
+            outbound: VecDeque::new(),
+            unflushed: false,
+            shared: shared.clone(),
         }
     }
 
-    /// Queues a frame; `false` if the writer cannot take it (failed, or stuck behind a full queue).
-    fn send(&self, frame: String) -> bool {
-        self.writer.try_send(Message::Text(frame.into())).is_ok()
+    /// Queues a frame for the socket; `false` if the connection is stuck (`WRITE_QUEUE` frames already wait).
+    fn send(&mut self, frame: String) -> bool {
+        if self.outbound.len() >= WRITE_QUEUE {
+            return false;
+        }
+        self.outbound.push_back(frame);
+        true
+    }
+
+    /// Whether frames wait to be written or flushed.
+    fn writing(&self) -> bool {
+        self.unflushed || !self.outbound.is_empty()
+    }
+
+    /// Writes and flushes what is queued, as far as the socket takes it now; the task is woken when it takes
+    /// more. An error means the connection cannot be written.
+    fn poll_write(&mut self, cx: &mut TaskContext<'_>) -> Result<(), String> {
+        let Some(ws) = self.ws.as_deref_mut() else {
+            return Ok(());
+        };
+        while !self.outbound.is_empty() {
+            match Pin::new(&mut *ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(e.to_string()),
+                Poll::Pending => return Ok(()),
+            }
+            let Some(frame) = self.outbound.pop_front() else {
+                break;
+            };
+            Pin::new(&mut *ws)
+                .start_send(Message::Text(frame.into()))
+                .map_err(|e| e.to_string())?;
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            match Pin::new(&mut *ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Err(e.to_string()),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The next inbound message, or the failure of a write; writes what waits first.
+    fn poll_input(&mut self, cx: &mut TaskContext<'_>) -> Poll<Input> {
+        if let Err(reason) = self.poll_write(cx) {
+            return Poll::Ready(Input::WriterFailed(reason));
+        }
+        match self.ws.as_deref_mut() {
+            Some(ws) => ws.poll_next_unpin(cx).map(Input::Inbound),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Connection {
+    /// Dropped by the driver (closed, replaced, failed): what is still queued (a `bye`) is flushed and the
+    /// WebSocket closed politely, in a task of its own, within `CLOSE_FLUSH_TIMEOUT`.
+    fn drop(&mut self) {
+        let Some(mut ws) = self.ws.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let outbound = std::mem::take(&mut self.outbound);
+        let flushing = FlushingWriter::new(&self.shared);
+        runtime.spawn(async move {
+            let _flushing = flushing;
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
+                for frame in outbound {
+                    ws.feed(Message::Text(frame.into())).await?;
+                }
+                ws.close().await
+            })
+            .await;
+        });
+    }
+}
+
+/// Counts a closing connection among the writers that `Client::close` waits for, for as long as it lives.
+pub(crate) struct FlushingWriter(Arc<Shared>);
+
+impl FlushingWriter {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        shared.open_writers.send_modify(|n| *n += 1);
+        FlushingWriter(shared.clone())
+    }
+}
+
+impl Drop for FlushingWriter {
+    fn drop(&mut self) {
+        self.0.open_writers.send_modify(|n| *n -= 1);
     }
 }
 
@@ -288,7 +338,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                 inner.core.close(now);
             }
             while let Some(frame) = inner.core.poll_transmit() {
-                if let Some(conn) = &connection
+                if let Some(conn) = connection.as_mut()
                     && !conn.send(frame)
                 {
                     let now = shared.now();
@@ -305,7 +355,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                         opening = Some(open(&target, transport));
                     }
                     TransportCommand::Close => {
-                        // Dropping the connection lets its writer flush (bye) and close.
+                        // Dropping the connection flushes what is queued (bye) and closes it, in the background.
                         connection = None;
                         opening = None;
                     }
@@ -338,7 +388,11 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             return;
         }
 
-        let input = tokio::select! {
+        let written = write_now(connection.as_mut()).await;
+        let input = if let Some(failed) = written {
+            failed
+        } else {
+            tokio::select! {
             _ = std::future::ready(()), if recheck => Input::Wake,
             _ = wake.as_mut() => {
                 wake.set(shared.wake.notified());
@@ -347,6 +401,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             _ = sleep_until(deadline) => Input::Timeout,
             opened = maybe(opening.as_mut()) => Input::Opened(opened),
             input = connection_input(connection.as_mut()) => input,
+            }
         };
 
         let now = shared.now();
@@ -370,7 +425,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                     core.set_token(token);
                 }
                 connection = Some(match opened {
-                    Opened::WebSocket(ws) => Conn::WebSocket(Connection::start(*ws, &shared)),
+                    Opened::WebSocket(ws) => Conn::WebSocket(Connection::start(ws, &shared)),
                     Opened::Sse(http) => Conn::Sse(SseConnection::start(
                         http,
                         target.http_urls.clone(),
@@ -448,24 +503,23 @@ async fn maybe(opening: Option<&mut Opening>) -> Result<(Opened, Option<String>)
     }
 }
 
-/// The next inbound message of the connection, or the failure of its writer.
+/// The next inbound message of the connection, or the failure of a write.
 async fn connection_input(connection: Option<&mut Conn>) -> Input {
-    let conn = match connection {
-        Some(Conn::WebSocket(conn)) => conn,
-        Some(Conn::Sse(conn)) => return Input::Sse(conn.inbound.recv().await),
-        None => return std::future::pending().await,
-    };
-    let Some(writer_failed) = conn.writer_failed.as_mut() else {
-        return Input::Inbound(conn.reader.next().await);
-    };
-    let outcome = tokio::select! {
-        inbound = conn.reader.next() => return Input::Inbound(inbound),
-        failed = writer_failed => failed,
-    };
-    conn.writer_failed = None;
-    match outcome {
-        Ok(reason) => Input::WriterFailed(reason),
-        // The writer ended without failing, which only happens once the connection is dropped: keep reading.
-        Err(_) => Input::Inbound(conn.reader.next().await),
+    match connection {
+        Some(Conn::WebSocket(conn)) => std::future::poll_fn(|cx| conn.poll_input(cx)).await,
+        Some(Conn::Sse(conn)) => Input::Sse(conn.inbound.recv().await),
+        None => std::future::pending().await,
     }
+}
+
+/// Writes what the WebSocket connection has queued, as far as the socket takes it now, before the driver waits;
+/// the failure of a write if one failed.
+async fn write_now(connection: Option<&mut Conn>) -> Option<Input> {
+    let Some(Conn::WebSocket(conn)) = connection else {
+        return None;
+    };
+    if !conn.writing() {
+        return None;
+    }
+    std::future::poll_fn(|cx| Poll::Ready(conn.poll_write(cx).err().map(Input::WriterFailed))).await
 }

@@ -50,9 +50,9 @@ impl SseConnection {
         let (report, inbound) = mpsc::channel(READ_QUEUE);
         let (closing_tx, closing) = oneshot::channel();
         // `Client::close` waits for this task too, so that a `bye` is sent before it returns.
-        shared.open_writers.send_modify(|n| *n += 1);
-        let shared = shared.clone();
+        let flushing = crate::driver::FlushingWriter::new(shared);
         tokio::spawn(async move {
+            let _flushing = flushing;
             let outcome = run(
                 &http,
                 &urls,
@@ -66,7 +66,6 @@ impl SseConnection {
             if let Err(failure) = outcome {
                 let _ = report.send(SseInput::Ended(failure)).await;
             }
-            shared.open_writers.send_modify(|n| *n -= 1);
         });
         SseConnection {
             frames,
