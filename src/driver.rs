@@ -523,3 +523,120 @@ async fn write_now(connection: Option<&mut Conn>) -> Option<Input> {
     }
     std::future::poll_fn(|cx| Poll::Ready(conn.poll_write(cx).err().map(Input::WriterFailed))).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpSocket;
+
+    /// A WebSocket pair on loopback with small socket buffers: the client's end as the driver holds it, and the
+    /// server's end.
+    async fn pair() -> (Ws, WebSocketStream<TcpStream>) {
+        let listening = TcpSocket::new_v4().expect("socket");
+        listening
+            .set_recv_buffer_size(16 * 1024)
+            .expect("SO_RCVBUF");
+        listening
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let listener = listening.listen(1).expect("listen");
+        let addr = listener.local_addr().expect("address");
+        let accepting = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            tokio_tungstenite::accept_async(stream)
+                .await
+                .expect("server handshake")
+        });
+        let connecting = TcpSocket::new_v4().expect("socket");
+        connecting
+            .set_send_buffer_size(16 * 1024)
+            .expect("SO_SNDBUF");
+        let stream = connecting.connect(addr).await.expect("connect");
+        let (client, _) =
+            tokio_tungstenite::client_async(format!("ws://{addr}/"), MaybeTlsStream::Plain(stream))
+                .await
+                .expect("client handshake");
+        (client, accepting.await.expect("accepted"))
+    }
+
+    /// The shared state of a client that is never connected, for a connection made by hand.
+    fn shared(client: &crate::Client) -> Arc<Shared> {
+        client.handle.shared.clone()
+    }
+
+    #[tokio::test]
+    async fn frames_wait_while_the_socket_is_full_then_go_out_whole_and_in_order() {
+        let client = crate::Client::builder("ws://127.0.0.1:9/v1/ws")
+            .build()
+            .expect("client");
+        let (ws, mut server) = pair().await;
+        let mut conn = Connection::start(Box::new(ws), &shared(&client));
+        // Far more than the socket buffers hold: the writes back up while the server does not read.
+        let frames: Vec<String> = (0..200)
+            .map(|i| format!("{i:04}{}", "x".repeat(16 * 1024)))
+            .collect();
+        for frame in &frames {
+            assert!(
+                conn.send(frame.clone()),
+                "the queue takes {WRITE_QUEUE} frames"
+            );
+        }
+        std::future::poll_fn(|cx| Poll::Ready(conn.poll_write(cx)))
+            .await
+            .expect("writes");
+        assert!(conn.writing(), "a full socket leaves frames queued");
+
+        // The server reads; the connection writes the rest as the socket drains, while it waits for input.
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < 200 {
+                match server.next().await {
+                    Some(Ok(Message::Text(text))) => got.push(text.as_str().to_owned()),
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+            (got, server)
+        });
+        let (got, mut server) = tokio::select! {
+            read = reading => read.expect("reader"),
+            input = std::future::poll_fn(|cx| conn.poll_input(cx)) => match input {
+                Input::WriterFailed(reason) => panic!("write failed: {reason}"),
+                _ => panic!("unexpected input"),
+            },
+        };
+        assert_eq!(got, frames);
+        assert!(!conn.writing(), "everything written and flushed");
+
+        // Dropped with a frame queued: it is flushed, then the connection is closed politely.
+        assert!(conn.send("bye".to_owned()));
+        drop(conn);
+        match server.next().await {
+            Some(Ok(Message::Text(text))) => assert_eq!(text.as_str(), "bye"),
+            other => panic!("expected the queued frame, got {other:?}"),
+        }
+        assert!(
+            matches!(server.next().await, Some(Ok(Message::Close(_)))),
+            "then a close frame"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queue_full_of_frames_the_socket_cannot_take_means_a_stuck_connection() {
+        let client = crate::Client::builder("ws://127.0.0.1:9/v1/ws")
+            .build()
+            .expect("client");
+        let (ws, _server) = pair().await;
+        let mut conn = Connection::start(Box::new(ws), &shared(&client));
+        let frame = "x".repeat(16 * 1024);
+        // The queue takes frames until it holds WRITE_QUEUE of them; what the socket took leaves it.
+        let mut taken = 0;
+        while conn.send(frame.clone()) {
+            taken += 1;
+            assert!(taken <= 10 * WRITE_QUEUE, "the queue never fills");
+            std::future::poll_fn(|cx| Poll::Ready(conn.poll_write(cx)))
+                .await
+                .expect("writes");
+        }
+        assert_eq!(conn.outbound.len(), WRITE_QUEUE);
+    }
+}
