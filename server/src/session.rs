@@ -653,12 +653,21 @@ impl Connection {
         let mut last_inbound_at = unix_millis();
         self.conn.outlet.heard(last_inbound);
         let control = self.conn.control.clone();
+        // Made once, not per frame: the server's kill and drain signals are waited on by every session, so a
+        // registration made and dropped per frame meant unlinking from lists thousands long, and a timer made per
+        // frame meant a removal from the timer wheel. A frame now just moves the expiry (a later deadline is
+        // stored, not re-sorted: the wheel looks at it again when the old one comes).
+        let killed = self.ctx.kill.clone().cancelled_owned();
+        let drained = self.ctx.drain.clone().cancelled_owned();
+        let stopped = control.stopped();
+        let expiry = sleep_until(last_inbound + ttl);
+        tokio::pin!(killed, drained, stopped, expiry);
         let end = loop {
             tokio::select! {
                 biased;
-                _ = self.ctx.kill.cancelled() => break End::ServerStopping,
-                _ = control.stopped() => break End::Dropped,
-                _ = self.ctx.drain.cancelled() => {
+                _ = &mut killed => break End::ServerStopping,
+                _ = &mut stopped => break End::Dropped,
+                _ = &mut drained => {
                     self.queue(ServerMessage::Goaway {
                         reconnect_after_ms: millis(self.ctx.config.goaway_reconnect_after),
                         reason: Some("server shutting down".into()),
@@ -666,7 +675,7 @@ impl Connection {
                     self.queue_close(close_code::GOING_AWAY, "server shutting down");
                     break End::ServerStopping;
                 }
-                _ = sleep_until(last_inbound + ttl) => {
+                _ = &mut expiry => {
                     self.error(ErrorCode::SessionExpired, format!("no frame for {} ms", ttl.as_millis()), None);
                     self.queue_close(close_code::POLICY, "session expired");
                     break End::Dropped;
@@ -674,6 +683,7 @@ impl Connection {
                 message = stream.next() => {
                     let Some(message) = message else { break End::Dropped };
                     last_inbound = Instant::now();
+                    expiry.as_mut().reset(last_inbound + ttl);
                     self.conn.outlet.heard(last_inbound);
                     last_inbound_at = unix_millis();
                     match message {
