@@ -548,11 +548,15 @@ async fn write_loop(
     });
     // A link that carried frames both ways within the last half interval is known to be alive: no ping.
     let recent = ping_interval.unwrap_or_default() / 2;
+    // Made once, not per turn (see `read_loop`): every session waits on the server's kill signal.
+    let killed = kill.cancelled();
+    let stopped = control.stopped();
+    tokio::pin!(killed, stopped);
     loop {
         tokio::select! {
             biased;
-            _ = kill.cancelled() => return,
-            _ = control.stopped() => break,
+            _ = &mut killed => return,
+            _ = &mut stopped => break,
             // Queued here, written by `written` on the next turn of the loop.
             _ = tick(pings.as_mut()) => {
                 outlet.queue_ping(Instant::now(), recent);
