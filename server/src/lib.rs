@@ -45,7 +45,7 @@ pub use auth::{AuthError, TokenAuthority};
 pub use cluster::{RedisConfig, StoreError};
 
 /// The read buffer each WebSocket connection starts with, in bytes (it grows for larger frames).
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+const READ_BUFFER_BYTES: usize = 2 * 1024;
 
 /// The length of the listening socket's accept queue.
 const LISTEN_BACKLOG: u32 = 4_096;
@@ -423,7 +423,7 @@ async fn upgrade(State(ctx): State<Arc<Context>>, ws: WebSocketUpgrade) -> Respo
     // drops the connection without reading them whole.
     let hard_limit = ctx.config.max_frame_bytes.saturating_mul(4);
     ws.protocols([SUBPROTOCOL])
-        // Presence frames are small: an 8 KiB read buffer that grows for a larger frame, instead of 128 KiB
+        // Presence frames are small: a 2 KiB read buffer that grows for a larger frame, instead of 128 KiB
         // reserved for every connection.
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(hard_limit)
