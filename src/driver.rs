@@ -68,8 +68,9 @@ impl Conn {
 }
 
 /// The default TLS settings: rustls with the ring provider and the webpki root certificates. Made once per
-/// process and shared by every client that has no settings of its own (about 25 KB each, most of it the root
-/// store); sharing also shares rustls's session cache, so a second client to the same server may resume.
+/// process and shared by every client that has no settings of its own (each used to hold about 16 KB of it,
+/// most of it the root store); sharing also shares rustls's session cache, so a second client to the same
+/// server may resume.
 #[cfg(feature = "rustls")]
 pub(crate) fn default_tls_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     static DEFAULT: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, rustls::Error>> =
