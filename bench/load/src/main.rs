@@ -30,6 +30,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
+mod bare;
 mod floor;
 
 /// The secret the harness gives its server and signs tokens with.
@@ -104,6 +105,9 @@ enum Harness {
         #[arg(long)]
         watch: usize,
     },
+    /// The fan-out scenario against the same server with bare WebSocket clients instead of the SDK (see
+    /// `bare.rs`): what the SDK's client adds on top of its WebSocket stack.
+    Bare(Scenario),
     /// Kill and restart the server under N connected clients.
     Storm {
         /// Connected clients.
@@ -164,6 +168,12 @@ fn main() {
             } => cluster(nodes, clients, watch, rate, duration).await,
             Harness::Idle { seconds } => idle(seconds).await,
             Harness::Storm { clients, down_ms } => storm(clients, down_ms).await,
+            Harness::Bare(Scenario {
+                clients,
+                watch,
+                rate,
+                duration,
+            }) => bare::bare(clients, watch, rate, duration).await,
             Harness::Floor(_) | Harness::FloorRelay { .. } => {
                 Err("the floor runs without the runtime".into())
             }
