@@ -9,6 +9,8 @@
 //!   attempts spread (the largest share of attempts in any 100 ms window).
 //! - `floor`: the fan-out scenario's traffic between two minimal processes (16-byte frames over epoll, no
 //!   WebSocket, no JSON): what this machine itself costs, below any SDK or peer.
+//! - `bare`: the fan-out scenario against the same server with bare WebSocket clients instead of the SDK's
+//!   (bare.rs): what the SDK's client adds on top of the stack it is built on.
 //! - `cluster`: the fan-out scenario on several server nodes sharing presence through a `redis-server` child
 //!   process, each client on node `i % nodes`: latency within a node and across nodes, and the status changes
 //!   per second the cluster carried.
