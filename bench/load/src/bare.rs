@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use rand::seq::SliceRandom;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
@@ -19,7 +18,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::{Result, ServerProcess, free_port, own_rss, percentile, tokens, user};
+use crate::{Result, ServerProcess, free_port, own_rss, paced_changes, percentile, tokens, user};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -223,41 +222,24 @@ fn change_stamp(text: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
-/// Makes `total` status changes at `rate` a second, as `fanout`'s harness does: change `k` at `k / rate` seconds,
-/// the clients taking turns in a shuffled order; each change's message carries the instant it was made.
+/// Makes `total` status changes at `rate` a second on the schedule of `fanout`'s harness ([`paced_changes`]),
+/// each handed to its client's task; each change's message carries the instant it was made.
 async fn changes(
     outlets: Vec<mpsc::Sender<String>>,
     rate: u64,
     total: u64,
     origin: Instant,
 ) -> Result<u64> {
-    let mut order: Vec<usize> = (0..outlets.len()).collect();
-    order.shuffle(&mut rand::rng());
-    let started = tokio::time::Instant::now();
-    let mut sent = 0u64;
-    while sent < total {
-        tokio::time::sleep_until(started + Duration::from_secs_f64(sent as f64 / rate as f64))
-            .await;
-        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
-        while sent < due {
-            let who = order[(sent % order.len() as u64) as usize];
-            let availability = if sent.is_multiple_of(2) {
-                "busy"
-            } else {
-                "away"
-            };
-            let stamp = origin.elapsed().as_nanos() as u64;
-            let frame = format!(
-                r#"{{"type":"set_status","availability":"{availability}","message":"t{stamp}"}}"#
-            );
-            outlets[who]
-                .try_send(frame)
-                .map_err(|e| format!("bare client {who} cannot take a change: {e}"))?;
-            sent += 1;
-        }
-        tokio::task::yield_now().await;
-    }
-    Ok(sent)
+    paced_changes(outlets.len(), rate, total, origin, |k, who, stamp| {
+        let availability = if k.is_multiple_of(2) { "busy" } else { "away" };
+        let frame = format!(
+            r#"{{"type":"set_status","availability":"{availability}","message":"t{stamp}"}}"#
+        );
+        outlets[who]
+            .try_send(frame)
+            .map_err(|e| format!("bare client {who} cannot take a change: {e}"))
+    })
+    .await
 }
 
 #[cfg(test)]

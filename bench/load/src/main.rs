@@ -415,10 +415,34 @@ async fn steady_changes(clients: &[Client], rate: u64, total: u64, origin: Insta
 
 /// The body of [`steady_changes`].
 async fn make_changes(clients: &[Client], rate: u64, total: u64, origin: Instant) -> Result<u64> {
+    paced_changes(clients.len(), rate, total, origin, |k, who, stamp| {
+        let availability = if k.is_multiple_of(2) {
+            Availability::Busy
+        } else {
+            Availability::Away
+        };
+        clients[who]
+            .set_status(Status::new(availability).with_message(format!("t{stamp}")))
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// The schedule of the fan-out's changes: change `k` (from 0 to `total`) at `k / rate` seconds from now, made by
+/// `change(k, client, stamp)`, the `clients` taking turns in a shuffled order; `stamp` is the instant it is made,
+/// in ns since `origin`. Sleeps until the next change is due, so that the load generator is idle between
+/// changes. Returns how many it made.
+pub(crate) async fn paced_changes(
+    clients: usize,
+    rate: u64,
+    total: u64,
+    origin: Instant,
+    mut change: impl FnMut(u64, usize, u64) -> Result<()>,
+) -> Result<u64> {
     // Clients take turns in a shuffled order, so that no one changes faster than `rate / clients` a second: a
     // client over the server's status rate limit would have its intermediate changes superseded (protocol
     // section 7, rate limit), which would count as lost here.
-    let mut order: Vec<usize> = (0..clients.len()).collect();
+    let mut order: Vec<usize> = (0..clients).collect();
     order.shuffle(&mut rand::rng());
     let started = tokio::time::Instant::now();
     let mut sent = 0u64;
@@ -428,19 +452,11 @@ async fn make_changes(clients: &[Client], rate: u64, total: u64, origin: Instant
         let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
         while sent < due {
             let who = order[(sent % order.len() as u64) as usize];
-            let availability = if sent.is_multiple_of(2) {
-                Availability::Busy
-            } else {
-                Availability::Away
-            };
-            let stamp = origin.elapsed().as_nanos() as u64;
-            clients[who]
-                .set_status(Status::new(availability).with_message(format!("t{stamp}")))
-                .map_err(|e| e.to_string())?;
+            change(sent, who, origin.elapsed().as_nanos() as u64)?;
             sent += 1;
         }
-        // Let the clients' drivers send before this task re-arms its timer: the harness's own timer syscall
-        // must not count in the SDK's latency.
+        // Let the clients' tasks send before this task re-arms its timer: the harness's own timer syscall must
+        // not count in the latency.
         tokio::task::yield_now().await;
     }
     Ok(sent)
