@@ -240,8 +240,10 @@ fn open(target: &Target, transport: Transport) -> Opening {
             HeaderValue::from_static(SUBPROTOCOL),
         );
         let config = WebSocketConfig::default()
-            // Presence frames are small: start with 8 KiB (it grows for a larger frame) rather than 128 KiB.
-            .read_buffer_size(8 * 1024)
+            // Presence frames are small: 2 KiB rather than 128 KiB (a larger frame still fits: the buffer grows to
+            // hold it, read 2 KiB at a time). tungstenite zeroes the buffer's free part before every read, so a
+            // small buffer is also less memory touched per frame.
+            .read_buffer_size(2 * 1024)
             .max_message_size(Some(HARD_INBOUND_LIMIT))
             .max_frame_size(Some(HARD_INBOUND_LIMIT));
         #[cfg(feature = "rustls")]
@@ -334,11 +336,16 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
     let mut connection: Option<Conn> = None;
     let mut opening: Option<Opening> = None;
     let mut recheck: bool;
-    // The wake-up stays registered from one turn to the next instead of being made anew for every frame. The
-    // timer does not: a tokio timer moved to a later deadline still wakes the runtime at the earlier one, so a
-    // timer kept across turns would wake an idle client's thread for every frame that moves its deadline.
+    // The wake-up stays registered from one turn to the next instead of being made anew for every frame. So does
+    // the timer, for as long as the core's deadline stays where it is (the core moves it rarely: see
+    // `Client::poll_timeout`); a new deadline gets a new timer rather than a moved one, since a tokio timer moved
+    // to a later deadline still wakes the runtime at the earlier one.
     let wake = shared.wake.notified();
     tokio::pin!(wake);
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
+    // The deadline `timer` is armed for; `None` when it is not armed (none wanted, or it fired).
+    let mut armed: Option<tokio::time::Instant> = None;
     loop {
         // Act on everything the core wants, in order: frames, transport commands, events; then the timer.
         let (deadline, shutdown) = {
@@ -399,6 +406,15 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             return;
         }
 
+        if deadline != armed {
+            // Replacing the timer unregisters the old one; with no deadline, the new one is never polled, so
+            // never registered.
+            timer.set(tokio::time::sleep_until(
+                deadline.unwrap_or_else(tokio::time::Instant::now),
+            ));
+            armed = deadline;
+        }
+
         let written = write_now(connection.as_mut()).await;
         let input = if let Some(failed) = written {
             failed
@@ -409,7 +425,10 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                 wake.set(shared.wake.notified());
                 Input::Wake
             }
-            _ = sleep_until(deadline) => Input::Timeout,
+            _ = timer.as_mut(), if armed.is_some() => {
+                armed = None;
+                Input::Timeout
+            }
             opened = maybe(opening.as_mut()) => Input::Opened(opened),
             input = connection_input(connection.as_mut()) => input,
             }
@@ -497,13 +516,6 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                 core.handle_transport_closed(&format!("write failed: {reason}"), now);
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -440,6 +440,11 @@ pub struct Client {
     epoch: u64,
     last_sent: Instant,
     last_received: Instant,
+    /// The `last_received` the liveness timer is armed from: never after it, and behind it by less than the
+    /// liveness grace while frames keep coming. A busy link thus moves [`Client::poll_timeout`] once per grace
+    /// period instead of with every frame (every move costs the driver a timer update); the timer may fire
+    /// before the link is due, and `handle_timeout` then re-arms it from `last_received`.
+    liveness_timer_from: Instant,
     probe_deadline: Option<Instant>,
     /// What the application chose with `set_status` (or another device, via `choice`), if anything.
     manual: Option<Status>,
@@ -544,6 +549,7 @@ impl Client {
             epoch: 0,
             last_sent: Instant::ZERO,
             last_received: Instant::ZERO,
+            liveness_timer_from: Instant::ZERO,
             probe_deadline: None,
             manual: None,
             manual_chosen_at: None,
@@ -1298,6 +1304,7 @@ impl Client {
     pub fn handle_transport_open(&mut self, now: Instant) {
         if let Link::Opening { deadline } = self.link {
             self.last_received = now;
+            self.liveness_timer_from = now;
             let auto = self.current_auto();
             let resume = self
                 .resumable
@@ -1435,6 +1442,8 @@ impl Client {
                 let Some(interval) = self.session.as_ref().map(|s| s.heartbeat_interval) else {
                     return;
                 };
+                // Whatever fired, the liveness timer is armed from the last frame again.
+                self.liveness_timer_from = self.last_received;
                 if now >= self.liveness_deadline(interval) {
                     if self.ping_outstanding.is_none() {
                         // Silence we may have caused ourselves (a timer that fired late): ask first.
@@ -1501,7 +1510,10 @@ impl Client {
 
     /// When the driver must call [`Client::handle_timeout`] next, if at all: the earliest of the connection's
     /// timer (connect timeout, heartbeat, liveness, retry) and the automations' (idle warning, away, background,
-    /// snooze end, next DND transition). One timer, no polling.
+    /// snooze end, next DND transition). One timer, no polling. Inbound frames move it at most once per liveness
+    /// grace period (so a driver that keeps its timer while the deadline stays put updates it rarely); a timer
+    /// armed before the latest frames may fire before anything is due, which `handle_timeout` answers by
+    /// re-arming.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.link_timeout(),
@@ -1518,7 +1530,7 @@ impl Client {
             Link::Opening { deadline } | Link::Handshaking { deadline } => Some(deadline),
             Link::Connected => {
                 let interval = self.session.as_ref()?.heartbeat_interval;
-                let liveness = self.liveness_deadline(interval);
+                let liveness = self.liveness_deadline_from(self.liveness_timer_from, interval);
                 let next = self
                     .heartbeat_due(interval)
                     .map_or(liveness, |due| due.min(liveness));
@@ -1586,10 +1598,15 @@ impl Client {
     /// When the link counts as dead: nothing for interval + grace since the last inbound frame, and our own ping
     /// unanswered for the grace period.
     fn liveness_deadline(&self, interval: Duration) -> Instant {
+        self.liveness_deadline_from(self.last_received, interval)
+    }
+
+    /// [`Self::liveness_deadline`] as if the last inbound frame had come at `last_received`.
+    fn liveness_deadline_from(&self, last_received: Instant, interval: Duration) -> Instant {
         let grace = self.config.liveness_grace;
         let silent_deadline = match self.ping_outstanding {
-            Some(sent) => (self.last_received + interval + grace).max(sent + grace),
-            None => self.last_received + interval + grace,
+            Some(sent) => (last_received + interval + grace).max(sent + grace),
+            None => last_received + interval + grace,
         };
         self.probe_deadline
             .map_or(silent_deadline, |probe| probe.min(silent_deadline))
@@ -1597,6 +1614,9 @@ impl Client {
 
     fn note_inbound(&mut self, now: Instant) {
         self.last_received = now;
+        if now >= self.liveness_timer_from + self.config.liveness_grace {
+            self.liveness_timer_from = now;
+        }
         self.probe_deadline = None;
         self.ping_outstanding = None;
     }

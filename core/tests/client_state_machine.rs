@@ -92,6 +92,64 @@ fn server_pings_are_the_heartbeat_and_silence_is_still_detected() {
 }
 
 #[test]
+fn a_busy_link_moves_the_timer_once_per_grace_period_and_silence_still_counts_from_the_last_frame()
+{
+    let mut h = Harness::new();
+    h.server_ping_ms = Some(INTERVAL);
+    h.client.connect(h.now);
+    h.drain();
+    h.open_transport();
+    h.welcome();
+    h.sent.clear();
+    // A frame every 100 ms for three and a half grace periods: the timer the driver must arm moves once per grace
+    // period, not with every frame (each move is a timer update in the driver).
+    let mut deadlines = Vec::new();
+    for _ in 0..(3 * GRACE + GRACE / 2) / 100 {
+        h.advance(100);
+        h.client.handle_inbound_activity(h.now);
+        h.drain();
+        let due = h
+            .client
+            .poll_timeout()
+            .expect("a liveness timer while connected");
+        assert!(due > h.now, "the timer is always ahead");
+        if deadlines.last() != Some(&due) {
+            deadlines.push(due);
+        }
+    }
+    assert_eq!(
+        deadlines.len(),
+        4,
+        "armed once, then moved once per grace period: {deadlines:?}"
+    );
+    // Then silence. The timer armed before the last frame fires early and is re-armed from that frame; the
+    // probe goes out interval + grace after it, not before, and the verdict a grace period later.
+    let last_frame = h.now;
+    let fires = h.timer_fires;
+    h.advance(INTERVAL + GRACE - 1);
+    assert!(h.sent.is_empty(), "probed early: {:?}", h.sent_types());
+    assert_eq!(h.timer_fires - fires, 1, "one early fire, which re-arms");
+    h.advance(1);
+    assert_eq!(h.sent_types(), ["ping"]);
+    assert_eq!(h.now.as_millis(), last_frame.as_millis() + INTERVAL + GRACE);
+    h.advance(GRACE - 1);
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Connected { .. }
+    ));
+    h.advance(1);
+    assert!(matches!(
+        h.client.state(),
+        ConnectionState::Reconnecting { .. }
+    ));
+    assert_eq!(
+        h.timer_fires - fires,
+        3,
+        "the early fire, the probe, the verdict"
+    );
+}
+
+#[test]
 fn heartbeat_pings_every_interval_and_inbound_frames_keep_the_link_alive() {
     let mut h = Harness::connected();
     for round in 1..=20 {

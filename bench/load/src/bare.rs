@@ -135,15 +135,15 @@ pub(crate) async fn bare(
     }))
 }
 
-/// Opens a WebSocket as the SDK does (subprotocol, 8 KiB read buffer, Nagle off), says hello and waits for
+/// Opens a WebSocket as the SDK does (subprotocol, 2 KiB read buffer, Nagle off), says hello and waits for
 /// `welcome`.
 async fn connect(url: &str, token: &str) -> Result<Ws> {
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("presently.v1"),
+        HeaderValue::from_static(presently::protocol::SUBPROTOCOL),
     );
-    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let config = WebSocketConfig::default().read_buffer_size(2 * 1024);
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
         .await
         .map_err(|e| e.to_string())?;
