@@ -488,3 +488,53 @@ pub fn nullable<'a, T>(
         read(reader).map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_str(text: &str) -> Result<Cow<'_, str>, JsonError> {
+        Reader::new(text).str()
+    }
+
+    #[test]
+    fn strings_are_borrowed_without_escapes_and_owned_with_them_at_any_length() {
+        let long = "x".repeat(100);
+        assert_eq!(read_str(r#""""#), Ok(Cow::Borrowed("")));
+        assert_eq!(
+            read_str(&format!("\"{long}\"")),
+            Ok(Cow::Borrowed(long.as_str()))
+        );
+        assert_eq!(read_str("\"é🎹 ok\"  "), Ok(Cow::Borrowed("é🎹 ok")));
+        let escaped = format!(r#""{long}\"{long}\\\n\u00e9\ud83c\udfb9""#);
+        assert_eq!(
+            read_str(&escaped).map(Cow::into_owned),
+            Ok(format!("{long}\"{long}\\\né🎹"))
+        );
+    }
+
+    #[test]
+    fn control_characters_and_unterminated_strings_are_errors_at_their_offset() {
+        let long = "x".repeat(40);
+        for (text, offset, reason) in [
+            ("\"a\tb\"", 2, "control character in a string"),
+            ("\"a\u{0}", 2, "control character in a string"),
+            (
+                &*format!("\"{long}\u{1f}{long}\""),
+                41,
+                "control character in a string",
+            ),
+            (
+                &*format!("\"{long}\\n{long}\n\""),
+                83,
+                "control character in a string",
+            ),
+            ("\"abc", 4, "unterminated string"),
+            (&*format!("\"{long}"), 41, "unterminated string"),
+            ("\"abc\\", 5, "unterminated string"),
+        ] {
+            let error = read_str(text).expect_err(text);
+            assert_eq!((error.offset, &*error.reason), (offset, reason), "{text:?}");
+        }
+    }
+}

@@ -431,7 +431,7 @@ async fn make_changes(clients: &[Client], rate: u64, total: u64, origin: Instant
 /// The schedule of the fan-out's changes: change `k` (from 0 to `total`) at `k / rate` seconds from now, made by
 /// `change(k, client, stamp)`, the `clients` taking turns in a shuffled order; `stamp` is the instant it is made,
 /// in ns since `origin`. Sleeps until the next change is due, so that the load generator is idle between
-/// changes. Returns how many it made.
+/// changes. Says on stderr when the first change is due. Returns how many it made.
 pub(crate) async fn paced_changes(
     clients: usize,
     rate: u64,
@@ -444,6 +444,8 @@ pub(crate) async fn paced_changes(
     // section 7, rate limit), which would count as lost here.
     let mut order: Vec<usize> = (0..clients).collect();
     order.shuffle(&mut rand::rng());
+    // On stderr, for tools that measure the steady phase alone (`scripts/cost-per-change`).
+    eprintln!("steady phase: {total} changes at {rate} a second");
     let started = tokio::time::Instant::now();
     let mut sent = 0u64;
     while sent < total {
