@@ -272,7 +272,7 @@ async fn a_node_that_dies_takes_its_users_offline_everywhere_within_its_ttl() {
 #[tokio::test]
 async fn clients_behind_a_load_balancer_survive_a_node_restart_without_losing_anything() {
     let redis = Redis::start().await;
-    let node1 = start_node(&redis).await;
+    let node1 = start_node_at(&redis, reserved_addr()).await;
     let node2 = start_node(&redis).await;
     let node1_addr = node1.local_addr();
     let balancer = LoadBalancer::start(vec![node1_addr, node2.local_addr()]).await;

@@ -140,7 +140,7 @@ async fn a_query_sent_now_keeps_an_answer_that_arrives_before_it_is_awaited() {
 
 #[tokio::test]
 async fn after_a_server_restart_everyone_is_back_with_their_status_and_subscriptions() {
-    let server = start_server().await;
+    let server = start_server_at(reserved_addr()).await;
     let addr = server.local_addr();
     let alice = connected_client(&server, "alice").await;
     let bob = connected_client(&server, "bob").await;
@@ -224,7 +224,7 @@ async fn after_a_server_restart_everyone_is_back_with_their_status_and_subscript
 
 #[tokio::test]
 async fn a_draining_server_sends_goaway_and_clients_come_back() {
-    let server = start_server().await;
+    let server = start_server_at(reserved_addr()).await;
     let addr = server.local_addr();
     let alice = connected_client(&server, "alice").await;
     let mut events = alice.events();
@@ -407,11 +407,8 @@ async fn invalid_urls_are_refused_with_a_clear_error() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_reported_then_retried_until_it_appears() {
-    // A port with nothing listening on it.
-    let addr = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    // A port with nothing listening on it, that no other test takes meanwhile.
+    let addr = reserved_addr();
     let probe = start_server().await; // only to mint a token with the shared test secret
     let client = client_for(
         &format!("ws://{addr}/v1/ws"),
@@ -526,7 +523,7 @@ async fn start_threaded_server_at(addr: std::net::SocketAddr) -> presently_serve
 async fn with_io_threads_changes_reach_watchers_on_every_thread_across_a_restart_and_a_drain() {
     // Sixteen connections over two listening sockets: the kernel spreads them (all on one has odds of 2^-15),
     // so changes read by one thread are written to connections served by the other.
-    let server = start_threaded_server_at("127.0.0.1:0".parse().unwrap()).await;
+    let server = start_threaded_server_at(reserved_addr()).await;
     let addr = server.local_addr();
     let users: Vec<String> = (0..16).map(|i| format!("user{i}")).collect();
     let mut clients = Vec::new();

@@ -132,7 +132,7 @@ async fn three_devices_of_one_user_show_one_presence() {
 
 #[tokio::test]
 async fn a_token_provider_is_asked_on_every_connect_and_expired_tokens_refresh() {
-    let server = start_server().await;
+    let server = start_server_at(reserved_addr()).await;
     let addr = server.local_addr();
     let authority = presently_server::TokenAuthority::new(SECRET).unwrap();
     let calls = Arc::new(AtomicU32::new(0));

@@ -90,7 +90,7 @@ async fn with_websocket_blocked_clients_fall_back_and_watchers_see_every_change(
 
 #[tokio::test]
 async fn over_sse_a_server_restart_brings_everyone_back_with_status_and_watch_lists() {
-    let server = start_sse_only_server_at("127.0.0.1:0".parse().unwrap()).await;
+    let server = start_sse_only_server_at(reserved_addr()).await;
     let addr = server.local_addr();
     let alice = auto_client(&server, "alice").await;
     let bob = auto_client(&server, "bob").await;

@@ -23,10 +23,10 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Starts `redis-server` on a free port. Fails the test when it is not installed (`scripts/test` installs
+    /// Starts `redis-server` on a port of its own ([`super::reserved_addr`]). Fails the test when it is not installed (`scripts/test` installs
     /// it from Debian's packages).
     pub async fn start() -> Redis {
-        let port = free_port().await;
+        let port = super::reserved_addr().port();
         let mut redis = Redis { port, child: None };
         redis.spawn().await;
         redis
@@ -50,10 +50,30 @@ impl Redis {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("redis-server runs (install Debian's redis-server package: scripts/test does)");
+        let pid = child.id();
         self.child = Some(child);
+        // Ready when the Redis answering on the port is this child, not merely when something accepts there.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "redis-server on port {} exited ({status}): is the port taken?",
+                    self.port
+                );
+            }
+            let info = self.cli(&["INFO", "server"]);
+            let serving = info
+                .lines()
+                .filter_map(|line| line.trim().strip_prefix("process_id:"))
+                .any(|id| id.parse() == Ok(pid));
+            if serving {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (process {pid}) did not answer on port {} within 10 s; it said: {info:?}",
+                self.port
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -103,11 +123,6 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 /// Starts a server node at `addr` (port 0: any) sharing presence through `redis`.

@@ -25,6 +25,33 @@ pub const GRACE: Duration = Duration::from_millis(300);
 /// How long a test waits for something that should happen, before it fails with a description.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The first port [`reserved_addr`] hands out, and how many it can hand out: a range just below Linux's
+/// default ephemeral range (32768–60999, `net.ipv4.ip_local_port_range`).
+const RESERVED_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A loopback address for something a test will stop and start again on the same port (a server, Redis).
+///
+/// A port from `bind(0)` comes from the kernel's ephemeral range, so while a test has its server down, any
+/// test running beside it can be handed the same port for its own listener or outgoing connection — and
+/// the restarted server then fails to bind, or the test talks to a stranger. These ports lie below that
+/// range, and each is handed out once per test process (starting at an offset from the process id, so two
+/// test processes side by side rarely meet); a port something else already holds is skipped.
+pub fn reserved_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    let count = RESERVED_PORTS.end - RESERVED_PORTS.start;
+    let offset = std::process::id().wrapping_mul(7_919) % count;
+    loop {
+        let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < count, "all {count} reserved test ports are handed out");
+        let port = (RESERVED_PORTS.start + (offset + n) % count) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
 pub fn server_config(listen: SocketAddr) -> ServerConfig {
     let mut config = ServerConfig::new(listen, SECRET.to_vec()).with_heartbeat(HEARTBEAT, TTL);
     config.goaway_reconnect_after = Duration::from_millis(100);
