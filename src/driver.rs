@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::sse::{SseConnection, SseInput};
-use crate::{HARD_INBOUND_LIMIT, Shared};
+use crate::{EventListener, HARD_INBOUND_LIMIT, Shared};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// What an attempt opened: a WebSocket, or readiness for the HTTP binding's opening `POST`.
@@ -321,6 +321,13 @@ fn describe(e: tungstenite::Error) -> Failure {
     }
 }
 
+/// Calls the app's event listener; a panic in it is reported and delivery goes on.
+fn hand_to_listener(listener: &EventListener, event: &Event) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(event))).is_err() {
+        tracing::error!("the event listener panicked; the next events still go to it");
+    }
+}
+
 /// What the driver waits for next.
 enum Input {
     Wake,
@@ -346,6 +353,10 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
     tokio::pin!(timer);
     // The deadline `timer` is armed for; `None` when it is not armed (none wanted, or it fired).
     let mut armed: Option<tokio::time::Instant> = None;
+    // The app's event listener, copied from the shared state when it changes.
+    let mut listener: Option<EventListener> = None;
+    // Events taken from the core, handed out once its lock is released (kept: its capacity is reused).
+    let mut pending: Vec<Event> = Vec::new();
     loop {
         // Act on everything the core wants, in order: frames, transport commands, events; then the timer.
         let (deadline, shutdown) = {
@@ -379,6 +390,10 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                     }
                 }
             }
+            if inner.listener_changed {
+                inner.listener_changed = false;
+                listener = inner.listener.clone();
+            }
             while let Some(event) = inner.core.poll_event() {
                 match event {
                     Event::QueryCompleted { query_id, result } => {
@@ -390,7 +405,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                         if let Event::StateChanged { current, .. } = &event {
                             shared.state.send_replace(current.clone());
                         }
-                        let _ = shared.events.send(Arc::new(event));
+                        pending.push(event);
                     }
                 }
             }
@@ -402,6 +417,15 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             let deadline = inner.core.poll_timeout().map(|t| shared.deadline(t));
             (deadline, inner.shutdown)
         };
+        // Out of the lock, so that the listener may call the client.
+        for event in pending.drain(..) {
+            if let Some(listener) = &listener {
+                hand_to_listener(listener, &event);
+            }
+            if let Some(events) = shared.events.get() {
+                let _ = events.send(Arc::new(event));
+            }
+        }
         if shutdown {
             return;
         }

@@ -28,6 +28,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Instead of (or beside) streams, [`Client::set_event_listener`] hands each event to a function as it
+//! happens, on the client's own task, with no buffer in between.
+//!
 //! The client reconnects by itself with jittered backoff, detects half-open links with its heartbeat and, after
 //! every reconnect, re-asserts the status you set and every subscription. See `docs/protocol.md` for the wire
 //! contract.
@@ -39,7 +42,7 @@ mod sse;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -172,8 +175,11 @@ pub(crate) struct Shared {
     /// Wakes the driver after a command changed the core.
     wake: Notify,
     /// Events, shared by every stream (each slot of the channel holds a pointer, not an event: a client keeps
-    /// `event_capacity` slots).
-    events: broadcast::Sender<Arc<Event>>,
+    /// `event_capacity` slots), made when the first stream is asked for: a client whose events go to a
+    /// listener only keeps no slots at all.
+    events: OnceLock<broadcast::Sender<Arc<Event>>>,
+    /// How many events the channel buffers, once made.
+    event_capacity: usize,
     state: watch::Sender<ConnectionState>,
     /// How many connections still have a writer flushing; `close()` waits for 0.
     open_writers: watch::Sender<usize>,
@@ -185,7 +191,14 @@ pub(crate) struct Inner {
     shutdown: bool,
     /// The host activity reading (the activity cell's raw clock) the core has seen last.
     pub(crate) activity_fed: u64,
+    /// The event listener set with [`Client::set_event_listener`], if any.
+    listener: Option<EventListener>,
+    /// The listener changed since the driver last took a copy of it.
+    listener_changed: bool,
 }
+
+/// A function that is handed every event on the client's driver (see [`Client::set_event_listener`]).
+pub(crate) type EventListener = Arc<dyn Fn(&Event) + Send + Sync>;
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -430,7 +443,8 @@ impl ClientBuilder {
     }
 
     /// How many events an [`EventStream`] buffers before a slow reader starts missing them (default 1,024;
-    /// it then receives [`Event::Lagged`]).
+    /// it then receives [`Event::Lagged`]). The buffer (a pointer per event) is made with the first stream; a
+    /// client whose events go to a listener only ([`Client::set_event_listener`]) has none.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity.clamp(1, 1 << 16);
         self
@@ -506,7 +520,6 @@ impl ClientBuilder {
                     .map_err(|e| format!("cannot set up the HTTP client: {e}"))
             })
         };
-        let (events, _) = broadcast::channel(self.event_capacity);
         let (state, _) = watch::channel(ConnectionState::Idle);
         let (open_writers, _) = watch::channel(0);
         let activity = ActivityCell::new(quanta::Clock::new());
@@ -528,12 +541,15 @@ impl ClientBuilder {
                 queries: HashMap::new(),
                 shutdown: false,
                 activity_fed: 0,
+                listener: None,
+                listener_changed: false,
             }),
             origin,
             activity,
             wall_clock,
             wake: Notify::new(),
-            events,
+            events: OnceLock::new(),
+            event_capacity: self.event_capacity,
             state,
             open_writers,
         });
@@ -860,11 +876,41 @@ impl Client {
     }
 
     /// A stream of events from now on: presence changes, connection state changes and server errors. Each
-    /// call makes an independent stream.
+    /// call makes an independent stream, which buffers up to the builder's `event_capacity` events for a
+    /// reader that is busy meanwhile (see [`EventStream`]).
     pub fn events(&self) -> EventStream {
+        let shared = self.shared();
+        let sender = shared
+            .events
+            .get_or_init(|| broadcast::channel(shared.event_capacity).0);
         EventStream {
-            inner: tokio_stream::wrappers::BroadcastStream::new(self.shared().events.subscribe()),
+            inner: tokio_stream::wrappers::BroadcastStream::new(sender.subscribe()),
         }
+    }
+
+    /// Hands every event from now on to `listener`, as it happens: the same events as [`Client::events`], on
+    /// the task that drives the connection, in order, one call at a time, with no buffer and no task between
+    /// the connection and your code (the cheapest way to hear of changes; an app with thousands of clients in
+    /// one process hears of them sooner). Replaces the listener set before, if any; streams from
+    /// [`Client::events`] go on as before.
+    ///
+    /// The listener runs inside the client's runtime and holds up the connection while it runs: keep it short
+    /// and never block in it (hand slow work to a task or a channel of your own). It may call the client's
+    /// methods. A listener that panics is reported through `tracing` and keeps being called. A listener that
+    /// holds a clone of its own client keeps that client, and its connection, alive until the listener is
+    /// removed ([`Client::remove_event_listener`]).
+    pub fn set_event_listener(&self, listener: impl Fn(&Event) + Send + Sync + 'static) {
+        let mut inner = self.shared().lock();
+        inner.listener = Some(Arc::new(listener));
+        inner.listener_changed = true;
+    }
+
+    /// Removes the listener set with [`Client::set_event_listener`]. It may still be handed the events the
+    /// driver is handing out at this moment, and none after them.
+    pub fn remove_event_listener(&self) {
+        let mut inner = self.shared().lock();
+        inner.listener = None;
+        inner.listener_changed = true;
     }
 
     /// The connection state now.

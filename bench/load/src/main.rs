@@ -45,9 +45,25 @@ struct Cli {
     /// on a small machine the two load generators take the same share of the cores the servers also need.
     #[arg(long, global = true, default_value_t = 1)]
     client_threads: usize,
+    /// How the SDK's clients hand the harness their events: to a listener (`Client::set_event_listener`, as
+    /// the Node peer's `socket.on`), or through a stream read by a task per client (`Client::events`).
+    #[arg(long, global = true, value_enum, default_value_t = Delivery::Listener)]
+    events: Delivery,
     #[command(subcommand)]
     command: Harness,
 }
+
+/// How the SDK's clients hand the harness their events (`--events`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Delivery {
+    /// `Client::set_event_listener`: called on each client's driver.
+    Listener,
+    /// `Client::events`: a stream per client, read by a task of its own.
+    Stream,
+}
+
+/// The delivery chosen on the command line (`--events`).
+static DELIVERY: std::sync::OnceLock<Delivery> = std::sync::OnceLock::new();
 
 /// The fan-out scenario, shared by `fanout` and its `floor`.
 #[derive(clap::Args)]
@@ -123,6 +139,7 @@ enum Harness {
 
 fn main() {
     let cli = Cli::parse();
+    let _ = DELIVERY.set(cli.events);
     // The floor's two processes run without tokio: nothing but the frames' own system calls.
     let floor_result = match cli.command {
         Harness::Floor(Scenario {
@@ -371,18 +388,26 @@ async fn watch_and_measure(
     let record = Arc::new(record);
     let received = Arc::new(AtomicU64::new(0));
     let count = clients.len();
+    let delivery = DELIVERY.get().copied().unwrap_or(Delivery::Listener);
     for (i, client) in clients.iter().enumerate() {
-        let mut events = client.events();
         let (record, received) = (record.clone(), received.clone());
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                let Some((changed, micros)) = latency(&event, origin) else {
-                    continue;
-                };
+        let hear = move |event: &Event| {
+            if let Some((changed, micros)) = latency(event, origin) {
                 record(i, changed, micros);
                 received.fetch_add(1, Ordering::Relaxed);
             }
-        });
+        };
+        match delivery {
+            Delivery::Listener => client.set_event_listener(hear),
+            Delivery::Stream => {
+                let mut events = client.events();
+                tokio::spawn(async move {
+                    while let Some(event) = events.next().await {
+                        hear(&event);
+                    }
+                });
+            }
+        }
         client
             .subscribe((1..=watch).map(|k| user((i + k) % count)))
             .map_err(|e| e.to_string())?;
@@ -506,6 +531,7 @@ async fn fanout(count: usize, watch: usize, rate: u64, duration: u64) -> Result<
     all.sort_unstable();
     let report = json!({
         "peer": "presently",
+        "events": format!("{:?}", DELIVERY.get().copied().unwrap_or(Delivery::Listener)).to_lowercase(),
         "clients": count,
         "watch": watch,
         "rate": rate,
