@@ -321,8 +321,20 @@ fn describe(e: tungstenite::Error) -> Failure {
     }
 }
 
+/// An event waiting for the listener: its own, or shared with the streams.
+// Not boxed: the queue is reused from turn to turn, a box would be an allocation per event.
+#[allow(clippy::large_enum_variant)]
+enum ForListener {
+    Owned(Event),
+    Shared(Arc<Event>),
+}
+
 /// Calls the app's event listener; a panic in it is reported and delivery goes on.
-fn hand_to_listener(listener: &EventListener, event: &Event) {
+fn hand_to_listener(listener: &EventListener, event: &ForListener) {
+    let event = match event {
+        ForListener::Owned(event) => event,
+        ForListener::Shared(event) => event,
+    };
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| listener(event))).is_err() {
         tracing::error!("the event listener panicked; the next events still go to it");
     }
@@ -355,9 +367,12 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
     let mut armed: Option<tokio::time::Instant> = None;
     // The app's event listener, copied from the shared state when it changes.
     let mut listener: Option<EventListener> = None;
-    // Events taken from the core, handed out once its lock is released (kept: its capacity is reused).
-    let mut pending: Vec<Event> = Vec::new();
+    // Events for the listener, handed to it once the core's lock is released (kept: its capacity is reused).
+    let mut pending: Vec<ForListener> = Vec::new();
     loop {
+        // A listener the app replaced, dropped once the lock is released: it may hold the last client handle,
+        // whose drop takes the lock.
+        let mut retired: Option<EventListener> = None;
         // Act on everything the core wants, in order: frames, transport commands, events; then the timer.
         let (deadline, shutdown) = {
             let mut inner = shared.lock();
@@ -392,7 +407,7 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             }
             if inner.listener_changed {
                 inner.listener_changed = false;
-                listener = inner.listener.clone();
+                retired = std::mem::replace(&mut listener, inner.listener.clone());
             }
             while let Some(event) = inner.core.poll_event() {
                 match event {
@@ -405,7 +420,20 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
                         if let Event::StateChanged { current, .. } = &event {
                             shared.state.send_replace(current.clone());
                         }
-                        pending.push(event);
+                        // Streams get the event under the lock, as the state watch does, so that a stream
+                        // made after a state was published never hears of it.
+                        match (shared.events.get(), listener.is_some()) {
+                            (Some(streams), true) => {
+                                let event = Arc::new(event);
+                                let _ = streams.send(event.clone());
+                                pending.push(ForListener::Shared(event));
+                            }
+                            (Some(streams), false) => {
+                                let _ = streams.send(Arc::new(event));
+                            }
+                            (None, true) => pending.push(ForListener::Owned(event)),
+                            (None, false) => {}
+                        }
                     }
                 }
             }
@@ -418,12 +446,10 @@ pub(crate) async fn run(shared: Arc<Shared>, target: Target) {
             (deadline, inner.shutdown)
         };
         // Out of the lock, so that the listener may call the client.
-        for event in pending.drain(..) {
-            if let Some(listener) = &listener {
+        drop(retired);
+        if let Some(listener) = &listener {
+            for event in pending.drain(..) {
                 hand_to_listener(listener, &event);
-            }
-            if let Some(events) = shared.events.get() {
-                let _ = events.send(Arc::new(event));
             }
         }
         if shutdown {

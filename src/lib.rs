@@ -900,17 +900,25 @@ impl Client {
     /// holds a clone of its own client keeps that client, and its connection, alive until the listener is
     /// removed ([`Client::remove_event_listener`]).
     pub fn set_event_listener(&self, listener: impl Fn(&Event) + Send + Sync + 'static) {
-        let mut inner = self.shared().lock();
-        inner.listener = Some(Arc::new(listener));
-        inner.listener_changed = true;
+        self.replace_event_listener(Some(Arc::new(listener)));
     }
 
     /// Removes the listener set with [`Client::set_event_listener`]. It may still be handed the events the
     /// driver is handing out at this moment, and none after them.
     pub fn remove_event_listener(&self) {
-        let mut inner = self.shared().lock();
-        inner.listener = None;
-        inner.listener_changed = true;
+        self.replace_event_listener(None);
+    }
+
+    /// Puts `listener` in place of the current one and wakes the driver to take it (and let go of the old one).
+    fn replace_event_listener(&self, listener: Option<EventListener>) {
+        let replaced = {
+            let mut inner = self.shared().lock();
+            inner.listener_changed = true;
+            std::mem::replace(&mut inner.listener, listener)
+        };
+        // Dropped out of the lock: it may hold a client handle.
+        drop(replaced);
+        self.shared().wake.notify_one();
     }
 
     /// The connection state now.
