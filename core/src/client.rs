@@ -440,10 +440,13 @@ pub struct Client {
     epoch: u64,
     last_sent: Instant,
     last_received: Instant,
-    /// The `last_received` the liveness timer is armed from: never after it, and behind it by less than the
-    /// liveness grace while frames keep coming. A busy link thus moves [`Client::poll_timeout`] once per grace
-    /// period instead of with every frame (every move costs the driver a timer update); the timer may fire
-    /// before the link is due, and `handle_timeout` then re-arms it from `last_received`.
+    /// The `last_received` the liveness timer is armed from: never after it, and behind it by less than half
+    /// the liveness grace while frames keep coming. A busy link thus moves [`Client::poll_timeout`] once per
+    /// half grace period instead of with every frame (every move costs the driver a timer update); the timer
+    /// may fire before the link is due, and `handle_timeout` then re-arms it from `last_received`. Half, not a
+    /// whole grace: with the server pinging every heartbeat interval, the deadline then always lies at least
+    /// half a grace period beyond the next ping, so a driver timer that wakes somewhat early (tokio's timer
+    /// wheel wakes up to 4.1 s before a deadline between 4 s and 262 s away) never wakes an idle link.
     liveness_timer_from: Instant,
     probe_deadline: Option<Instant>,
     /// What the application chose with `set_status` (or another device, via `choice`), if anything.
@@ -1510,10 +1513,11 @@ impl Client {
 
     /// When the driver must call [`Client::handle_timeout`] next, if at all: the earliest of the connection's
     /// timer (connect timeout, heartbeat, liveness, retry) and the automations' (idle warning, away, background,
-    /// snooze end, next DND transition). One timer, no polling. Inbound frames move it at most once per liveness
-    /// grace period (so a driver that keeps its timer while the deadline stays put updates it rarely); a timer
-    /// armed before the latest frames may fire before anything is due, which `handle_timeout` answers by
-    /// re-arming.
+    /// snooze end, next DND transition). One timer, no polling. Inbound frames move it at most once per half
+    /// liveness grace period (so a driver that keeps its timer while the deadline stays put updates it rarely);
+    /// a timer armed before the latest frames may fire before anything is due, which `handle_timeout` answers by
+    /// re-arming. On an idle link pinged by the server every heartbeat interval, it stays at least half a grace
+    /// period beyond the next ping.
     pub fn poll_timeout(&self) -> Option<Instant> {
         [
             self.link_timeout(),
@@ -1614,7 +1618,7 @@ impl Client {
 
     fn note_inbound(&mut self, now: Instant) {
         self.last_received = now;
-        if now >= self.liveness_timer_from + self.config.liveness_grace {
+        if now >= self.liveness_timer_from + self.config.liveness_grace / 2 {
             self.liveness_timer_from = now;
         }
         self.probe_deadline = None;

@@ -92,8 +92,7 @@ fn server_pings_are_the_heartbeat_and_silence_is_still_detected() {
 }
 
 #[test]
-fn a_busy_link_moves_the_timer_once_per_grace_period_and_silence_still_counts_from_the_last_frame()
-{
+fn a_busy_link_moves_the_timer_every_half_grace_and_silence_counts_from_the_last_frame() {
     let mut h = Harness::new();
     h.server_ping_ms = Some(INTERVAL);
     h.client.connect(h.now);
@@ -101,10 +100,10 @@ fn a_busy_link_moves_the_timer_once_per_grace_period_and_silence_still_counts_fr
     h.open_transport();
     h.welcome();
     h.sent.clear();
-    // A frame every 100 ms for three and a half grace periods: the timer the driver must arm moves once per grace
-    // period, not with every frame (each move is a timer update in the driver).
+    // A frame every 100 ms for three and a quarter grace periods: the timer the driver must arm moves once per
+    // half grace period, not with every frame (each move is a timer update in the driver).
     let mut deadlines = Vec::new();
-    for _ in 0..(3 * GRACE + GRACE / 2) / 100 {
+    for _ in 0..(3 * GRACE + GRACE / 4) / 100 {
         h.advance(100);
         h.client.handle_inbound_activity(h.now);
         h.drain();
@@ -119,8 +118,8 @@ fn a_busy_link_moves_the_timer_once_per_grace_period_and_silence_still_counts_fr
     }
     assert_eq!(
         deadlines.len(),
-        4,
-        "armed once, then moved once per grace period: {deadlines:?}"
+        7,
+        "armed once, then moved once per half grace period: {deadlines:?}"
     );
     // Then silence. The timer armed before the last frame fires early and is re-armed from that frame; the
     // probe goes out interval + grace after it, not before, and the verdict a grace period later.
@@ -147,6 +146,44 @@ fn a_busy_link_moves_the_timer_once_per_grace_period_and_silence_still_counts_fr
         3,
         "the early fire, the probe, the verdict"
     );
+}
+
+#[test]
+fn on_an_idle_link_the_liveness_deadline_stays_half_a_grace_beyond_the_next_server_ping() {
+    // The server pings on its own schedule, so its first ping may come at any time after the connection opened.
+    // Whenever it comes, the deadline the driver arms lies at least half a grace period beyond the next ping: a
+    // driver timer that wakes somewhat early (tokio's timer wheel wakes up to 4.1 s before a deadline between 4 s
+    // and 262 s away) never wakes the idle link's thread for nothing. And no timer fires.
+    for first_ping in (0..INTERVAL).step_by(250) {
+        let mut h = Harness::new();
+        h.server_ping_ms = Some(INTERVAL);
+        h.client.connect(h.now);
+        h.drain();
+        h.open_transport();
+        h.welcome();
+        h.sent.clear();
+        let mut next_ping = h.now.as_millis() + first_ping;
+        for ping in 0..10 {
+            let deadline = h
+                .client
+                .poll_timeout()
+                .expect("a liveness timer while connected")
+                .as_millis();
+            assert!(
+                deadline >= next_ping + GRACE / 2,
+                "first ping {first_ping} ms after the opening, ping {ping}: the deadline {deadline} is less than \
+                 half a grace beyond the ping at {next_ping}"
+            );
+            h.advance(next_ping - h.now.as_millis());
+            h.client.handle_inbound_activity(h.now);
+            next_ping += INTERVAL;
+        }
+        assert_eq!(
+            h.timer_fires, 0,
+            "first ping {first_ping} ms after the opening"
+        );
+        assert!(h.sent.is_empty(), "{:?}", h.sent_types());
+    }
 }
 
 #[test]
