@@ -58,13 +58,7 @@ fn first_frame_is_hello_with_credentials_and_client_info() {
 
 #[test]
 fn server_pings_are_the_heartbeat_and_silence_is_still_detected() {
-    let mut h = Harness::new();
-    h.server_ping_ms = Some(INTERVAL);
-    h.client.connect(h.now);
-    h.drain();
-    h.open_transport();
-    h.welcome();
-    h.sent.clear();
+    let mut h = Harness::connected_with_server_pings(Some(INTERVAL));
     // The server pings every interval; the transport answers with pongs, which keep the session alive.
     for _ in 0..20 {
         h.advance(INTERVAL);
@@ -93,13 +87,7 @@ fn server_pings_are_the_heartbeat_and_silence_is_still_detected() {
 
 #[test]
 fn a_busy_link_moves_the_timer_every_half_grace_and_silence_counts_from_the_last_frame() {
-    let mut h = Harness::new();
-    h.server_ping_ms = Some(INTERVAL);
-    h.client.connect(h.now);
-    h.drain();
-    h.open_transport();
-    h.welcome();
-    h.sent.clear();
+    let mut h = Harness::connected_with_server_pings(Some(INTERVAL));
     // A frame every 100 ms for three and a quarter grace periods: the timer the driver must arm moves once per
     // half grace period, not with every frame (each move is a timer update in the driver).
     let mut deadlines = Vec::new();
@@ -155,13 +143,7 @@ fn on_an_idle_link_the_liveness_deadline_stays_half_a_grace_beyond_the_next_serv
     // driver timer that wakes somewhat early (tokio's timer wheel wakes up to 4.1 s before a deadline between 4 s
     // and 262 s away) never wakes the idle link's thread for nothing. And no timer fires.
     for first_ping in (0..INTERVAL).step_by(250) {
-        let mut h = Harness::new();
-        h.server_ping_ms = Some(INTERVAL);
-        h.client.connect(h.now);
-        h.drain();
-        h.open_transport();
-        h.welcome();
-        h.sent.clear();
+        let mut h = Harness::connected_with_server_pings(Some(INTERVAL));
         let mut next_ping = h.now.as_millis() + first_ping;
         for ping in 0..10 {
             let deadline = h

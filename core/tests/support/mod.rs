@@ -158,7 +158,13 @@ impl Harness {
 
     /// connect → open → welcome.
     pub fn connected() -> Self {
+        Self::connected_with_server_pings(None)
+    }
+
+    /// [`Harness::connected`], to a server whose `welcome` announces WebSocket pings every `every_ms` (if any).
+    pub fn connected_with_server_pings(every_ms: Option<u64>) -> Self {
         let mut h = Harness::new();
+        h.server_ping_ms = every_ms;
         h.client.connect(h.now);
         h.drain();
         h.open_transport();
