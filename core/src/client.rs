@@ -445,8 +445,9 @@ pub struct Client {
     /// half grace period instead of with every frame (every move costs the driver a timer update); the timer
     /// may fire before the link is due, and `handle_timeout` then re-arms it from `last_received`. Half, not a
     /// whole grace: with the server pinging every heartbeat interval, the deadline then always lies at least
-    /// half a grace period beyond the next ping, so a driver timer that wakes somewhat early (tokio's timer
-    /// wheel wakes up to 4.1 s before a deadline between 4 s and 262 s away) never wakes an idle link.
+    /// half a grace period beyond the next ping (5 s with the default grace), so a driver timer that wakes
+    /// less early than that (tokio's timer wheel wakes up to 4.1 s before a deadline between 4 s and 262 s
+    /// away) never wakes an idle link.
     liveness_timer_from: Instant,
     probe_deadline: Option<Instant>,
     /// What the application chose with `set_status` (or another device, via `choice`), if anything.
